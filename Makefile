@@ -1,0 +1,31 @@
+# Two commands do all the set-up: `make demo` and `make test`.
+PY := .venv/bin/python
+STAMP := .venv/.installed
+
+.PHONY: demo test lint docs data clean
+
+$(STAMP): setup.cfg pyproject.toml
+	@test -d .venv || python3 -m venv .venv
+	$(PY) -m pip install --upgrade pip
+	$(PY) -m pip install -e '.[dev]'
+	@touch $(STAMP)
+
+data:
+	@if ! dpkg -s dataset-fashion-mnist >/dev/null 2>&1; then \
+		echo "installing Debian package dataset-fashion-mnist"; \
+		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y dataset-fashion-mnist; \
+	fi
+
+demo: $(STAMP) data
+	$(PY) -m rrr.demo
+
+test: $(STAMP) data
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m pytest -q
+
+docs: $(STAMP)
+	.venv/bin/mkdocs build --strict
+
+clean:
+	rm -rf .venv site build *.egg-info

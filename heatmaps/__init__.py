@@ -1,0 +1,31 @@
+"""Exactly differentiable attribution heatmaps behind one interface.
+
+>>> from heatmaps import LRPHeatmap
+>>> maps = LRPHeatmap(model, composite="epsilon_plus_flat")(x, targets, create_graph=True)
+"""
+
+from .base import Explanation, Heatmap
+from .gradcam import GradCAMHeatmap
+from .gradients import (
+    InputXGradientHeatmap,
+    IntegratedGradientsHeatmap,
+    SaliencyHeatmap,
+    SmoothGradHeatmap,
+)
+from .lrp import LRPHeatmap
+from .registry import available, get, register
+
+__all__ = [
+    "Explanation",
+    "GradCAMHeatmap",
+    "Heatmap",
+    "InputXGradientHeatmap",
+    "IntegratedGradientsHeatmap",
+    "LRPHeatmap",
+    "SaliencyHeatmap",
+    "SmoothGradHeatmap",
+    "available",
+    "get",
+    "register",
+]
+__version__ = "0.1.0"

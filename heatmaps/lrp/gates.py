@@ -1,0 +1,229 @@
+"""Autograd functions that apply zennit rules in a differentiable backward pass.
+
+zennit implements a rule as a backward hook that recomputes the layer's output
+with modified parameters and takes an inner gradient. As shipped (0.5.1) it
+builds the modified parameters from ``param.data`` and runs the inner gradient
+with ``create_graph=grad_output.requires_grad``, which is ``False`` for the
+constant one-hot output relevance - so the relevance is not differentiable
+w.r.t. the parameters. The gates below compute the *same* rule (they call the
+rule's own ``input_modifiers``, ``param_modifiers``, ``output_modifiers``,
+``gradient_mapper`` and ``reducer``) but
+
+* from the live parameter tensors, through the layer's functional form, and
+* with ``create_graph`` taken from the caller,
+
+so the relevance is an ordinary differentiable function of the parameters, the
+input and the output relevance.
+
+Every gate is an identity in the forward pass. Its backward only applies the
+rule while its :class:`GateState` is active (inside the heatmap's own
+``autograd.grad`` call); afterwards the same graph carries ordinary gradients,
+so one forward pass serves both the classification loss and the maps.
+
+Two kinds of rules are handled differently, for speed:
+
+* **modified-gradient rules** (zennit ``Epsilon`` and ``Norm`` with no zeroed
+  parameters): the rule is ``R_in = x * J^T (R_out / stab(z))`` with the
+  layer's *ordinary* Jacobian ``J``, so the ordinary backward of the layer is
+  reused; the output gate divides by ``stab(z)`` and the input gate multiplies
+  by ``x``. No convolution is recomputed.
+* **any other zennit ``BasicHook`` rule** (z+, gamma, alpha-beta, flat, box,
+  ...): the output gate computes the rule's relevance directly from the saved
+  input and hands it to the input; the ordinary backward of the layer gets no
+  gradient and is skipped.
+
+``Pass`` (activations, merged BatchNorms) hands the output relevance to the
+input unchanged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.autograd import Function
+from zennit.core import BasicHook, ParamMod, zero_wrap
+from zennit.rules import Epsilon, Norm, Pass
+
+_CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+@dataclass
+class GateState:
+    """Shared by all gates of one heatmap call."""
+
+    active: bool = False
+    create_graph: bool = False
+
+
+def rule_kind(rule: object) -> str:
+    """Classify a zennit rule: ``"pass"``, ``"gradient"`` (modified gradient) or ``"basic"``."""
+    if type(rule) is Pass:
+        return "pass"
+    if type(rule) in (Epsilon, Norm):
+        mod = ParamMod.ensure(rule.param_modifiers[0])
+        if not mod.zero_params:
+            return "gradient"
+        return "basic"
+    if isinstance(rule, BasicHook):
+        return "basic"
+    raise TypeError(
+        f"LRP: rule {type(rule).__name__} is not supported; rules must be zennit BasicHook "
+        "subclasses (Epsilon, ZPlus, Gamma, AlphaBeta, Flat, WSquare, ZBox, Norm, ...) or Pass"
+    )
+
+
+def _first(value: Any) -> Tensor:
+    return value[0] if isinstance(value, (list, tuple)) else value
+
+
+class InputGate(Function):
+    """Identity forward; backward multiplies the incoming relevance by the input (reducer)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, state: GateState, rule: BasicHook) -> Tensor:  # type: ignore[override]
+        ctx.state, ctx.rule = state, rule
+        ctx.save_for_backward(x)
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        if not ctx.state.active:
+            return grad, None, None
+        (x,) = ctx.saved_tensors
+        return ctx.rule.reducer([x], [grad]), None, None
+
+
+class OutputGate(Function):
+    """Identity forward; backward maps the output relevance by the rule's gradient mapper."""
+
+    @staticmethod
+    def forward(ctx, z: Tensor, state: GateState, rule: BasicHook) -> Tensor:  # type: ignore[override]
+        ctx.state, ctx.rule = state, rule
+        ctx.save_for_backward(z)
+        return z.clone()
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        if not ctx.state.active:
+            return grad, None, None
+        (z,) = ctx.saved_tensors
+        return _first(ctx.rule.gradient_mapper(grad, [z])), None, None
+
+
+class PassGate(Function):
+    """Forward returns the module output; backward hands the output relevance to the input."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, y: Tensor, state: GateState) -> Tensor:  # type: ignore[override]
+        ctx.state = state
+        return y.clone()
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        if not ctx.state.active:
+            return None, grad, None
+        return grad, None, None
+
+
+class RuleGate(Function):
+    """Forward returns the module output; backward computes the rule's relevance for the input."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx, x: Tensor, z: Tensor, state: GateState, rule: BasicHook, module: nn.Module
+    ) -> Tensor:
+        ctx.state, ctx.rule, ctx.module = state, rule, module
+        ctx.save_for_backward(x)
+        return z.clone()
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        if not ctx.state.active:
+            return None, grad, None, None, None
+        (x,) = ctx.saved_tensors
+        relevance = basic_rule_relevance(
+            ctx.rule, ctx.module, x, grad, create_graph=ctx.state.create_graph
+        )
+        return relevance, None, None, None, None
+
+
+def modified_parameters(param_mod: Any, module: nn.Module) -> dict[str, Tensor]:
+    """The rule's modified parameters, computed from the live (possibly canonized) tensors."""
+    mod = ParamMod.ensure(param_mod)
+    keys = mod.param_keys
+    if keys is None:
+        keys = [name for name, _ in module.named_parameters(recurse=False)]
+    missing = [key for key in keys if not hasattr(module, key)]
+    if mod.require_params and missing:
+        raise RuntimeError(f"LRP: module {module} lacks parameters {missing} required by its rule")
+    modifier = zero_wrap(mod.zero_params or [])(mod.modifier)
+    params = {}
+    for key in keys:
+        value = getattr(module, key, None)
+        if value is not None:
+            params[key] = modifier(value, key)
+    return params
+
+
+def functional_forward(module: nn.Module, params: dict[str, Tensor], x: Tensor) -> Tensor:
+    """Run ``module`` on ``x`` with ``params`` in place of its own, bypassing its hooks."""
+    if isinstance(module, _CONV_TYPES):
+        weight = params.get("weight", module.weight)
+        bias = params.get("bias", module.bias)
+        return module._conv_forward(x, weight, bias)
+    if isinstance(module, nn.Linear):
+        return F.linear(x, params.get("weight", module.weight), params.get("bias", module.bias))
+    store = module._parameters
+    saved = {key: store[key] for key in params if key in store}
+    try:
+        for key, value in params.items():
+            if key in store:
+                store[key] = value
+        return module.forward(x)
+    finally:
+        store.update(saved)
+
+
+def basic_rule_relevance(
+    rule: BasicHook, module: nn.Module, x: Tensor, relevance: Tensor, create_graph: bool
+) -> Tensor:
+    """Input relevance of a zennit ``BasicHook`` rule, differentiable when ``create_graph``.
+
+    Same computation as ``zennit.core.BasicHook.backward``::
+
+        z_i   = out_mod_i(layer(in_mod_i(x); param_mod_i(theta)))
+        g_i   = gradient_mapper(R_out, [z_1..z_n])_i
+        R_in  = reducer([in_mod_i(x)], [J_i^T g_i])
+
+    but with live parameters and the caller's ``create_graph``.
+    """
+    with torch.enable_grad():
+        inputs, outputs = [], []
+        for in_mod, param_mod, out_mod in zip(
+            rule.input_modifiers, rule.param_modifiers, rule.output_modifiers
+        ):
+            inp = in_mod(x)
+            # a distinct node per modified input, as zennit computes one gradient per input
+            inp = inp.view_as(inp) if inp.requires_grad else inp.detach().requires_grad_(True)
+            out = out_mod(functional_forward(module, modified_parameters(param_mod, module), inp))
+            inputs.append(inp)
+            outputs.append(out)
+        grad_outputs = rule.gradient_mapper(relevance, outputs)
+        if isinstance(grad_outputs, Tensor):
+            grad_outputs = [grad_outputs]
+        grads = torch.autograd.grad(
+            outputs,
+            inputs,
+            grad_outputs=list(grad_outputs),
+            create_graph=create_graph,
+            allow_unused=True,
+        )
+        grads = [torch.zeros_like(i) if g is None else g for i, g in zip(inputs, grads)]
+    # without create_graph the reduction is not recorded (detach() has no batching rule for
+    # the vectorised multi-class backward, so the graph is simply not built)
+    with torch.set_grad_enabled(create_graph):
+        return rule.reducer(inputs, grads)

@@ -1,0 +1,151 @@
+"""``LRPHeatmap``: zennit composites and canonizers, exactly differentiable."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from torch import Tensor, nn
+from zennit.canonizers import Canonizer
+from zennit.core import Composite
+
+from ..base import Heatmap, batched_input_grad, one_hot_grad_outputs, reduce_channels
+from .canonizers import auto_canonizers, translate_canonizers
+from .composites import make_composite
+from .gates import GateState, InputGate, OutputGate, PassGate, RuleGate, rule_kind
+
+
+class LRPHeatmap(Heatmap):
+    """Layer-wise relevance propagation maps, differentiable w.r.t. the parameters.
+
+    The relevance of output class ``c`` starts as the one-hot vector ``e_c``
+    at the logits (zennit's convention) and is propagated to the input by the
+    rules of ``composite``; the map is the input relevance summed over colour
+    channels. With ``create_graph=True`` the map is an exactly differentiable
+    function of every parameter, BatchNorm affine parameters included.
+
+    Args:
+        model: a classifier returning logits ``(B, C)``.
+        composite: a name from :data:`heatmaps.lrp.COMPOSITES` (``"epsilon"``,
+            ``"epsilon_plus_flat"``, ``"epsilon_gamma_box"``,
+            ``"epsilon_alpha2_beta1"``, ...) or a zennit ``Composite`` instance.
+        canonizers: ``"auto"`` (ResNet and BatchNorm canonizers chosen from the
+            model's modules), a list of zennit canonizers (BatchNorm merges are
+            replaced by functional ones), or ``[]`` for none. A composite
+            instance that carries its own canonizers uses those.
+        channel_reduction: how input relevance ``(B, 3, H, W)`` becomes a map:
+            ``"sum"`` (relevance is conserved), ``"abs_sum"`` or ``"max_abs"``.
+        batched: compute the ``K`` maps of one call in one vectorised backward
+            (``True``) or one backward per class on the shared forward.
+        **composite_kwargs: passed to the named composite (e.g. ``epsilon=1e-8``).
+
+    The hooks live only for the duration of a call; nothing is left on the model.
+    """
+
+    name = "lrp"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        composite: str | Composite = "epsilon_plus_flat",
+        canonizers: str | Sequence[Canonizer] = "auto",
+        channel_reduction: str = "sum",
+        batched: bool = True,
+        **composite_kwargs: Any,
+    ) -> None:
+        super().__init__(model)
+        self.composite = make_composite(composite, **composite_kwargs)
+        self.composite_name = composite if isinstance(composite, str) else type(composite).__name__
+        if isinstance(canonizers, str):
+            if canonizers != "auto":
+                raise ValueError(f"canonizers: expected 'auto' or a list, got {canonizers!r}")
+            if self.composite.canonizers:
+                self._canonizers = translate_canonizers(self.composite.canonizers)
+            else:
+                self._canonizers = auto_canonizers(model)
+        else:
+            self._canonizers = translate_canonizers(list(canonizers))
+        self.channel_reduction = channel_reduction
+        self.batched = batched
+        self._state: GateState | None = None
+
+    def extra_repr(self) -> str:
+        return f"composite={self.composite_name!r}, canonizers={[type(c).__name__ for c in self._canonizers]}"
+
+    @contextlib.contextmanager
+    def _attached(self, x: Tensor) -> Iterator[None]:
+        state = GateState()
+        handles: list[Any] = []
+        applied: list[Canonizer] = []
+        try:
+            for canonizer in self._canonizers:
+                applied += canonizer.apply(self.model)
+            ctx: dict = {}
+            for name, module in self.model.named_modules():
+                rule = self.composite.module_map(ctx, name, module)
+                if rule is not None:
+                    handles += _register_rule(module, rule, state)
+            self._state = state
+            yield
+        finally:
+            state.active = False
+            self._state = None
+            for handle in handles:
+                handle.remove()
+            for canonizer in reversed(applied):
+                canonizer.remove()
+
+    def _attribute(self, x: Tensor, logits: Tensor, index: Tensor, create_graph: bool) -> Tensor:
+        state = self._state
+        assert state is not None, "LRPHeatmap._attribute runs only inside _attached()"
+        grad_outputs = one_hot_grad_outputs(logits, index)
+        state.active, state.create_graph = True, create_graph
+        try:
+            relevance = batched_input_grad(logits, x, grad_outputs, create_graph, self.batched)
+        finally:
+            state.active = False
+        k, batch = relevance.shape[:2]
+        maps = reduce_channels(relevance.flatten(0, 1), self.channel_reduction)
+        return maps.unflatten(0, (k, batch)).transpose(0, 1)
+
+
+def _register_rule(module: nn.Module, rule: object, state: GateState) -> list[Any]:
+    """Register the forward hooks that put ``rule``'s gates around ``module``."""
+    kind = rule_kind(rule)
+    inplace = bool(getattr(module, "inplace", False))
+    stash: list[Tensor] = []
+
+    if kind == "gradient":
+
+        def pre(mod: nn.Module, args: tuple) -> tuple:
+            x = args[0]
+            gated = InputGate.apply(x, state, rule)
+            return (gated.clone() if inplace else gated, *args[1:])
+
+        def post(mod: nn.Module, args: tuple, out: Tensor) -> Tensor:
+            return OutputGate.apply(out, state, rule)
+
+    else:
+
+        def pre(mod: nn.Module, args: tuple) -> tuple | None:
+            x = args[0]
+            stash.append(x)
+            if inplace:
+                return (x.clone(), *args[1:])
+            return None
+
+        if kind == "pass":
+
+            def post(mod: nn.Module, args: tuple, out: Tensor) -> Tensor:
+                return PassGate.apply(stash.pop(), out, state)
+
+        else:
+
+            def post(mod: nn.Module, args: tuple, out: Tensor) -> Tensor:
+                return RuleGate.apply(stash.pop(), out, state, rule, mod)
+
+    return [module.register_forward_pre_hook(pre), module.register_forward_hook(post)]
+
+
+__all__ = ["LRPHeatmap"]
