@@ -79,16 +79,31 @@ def check_logits(logits: object, batch: int) -> Tensor:
 
 @contextlib.contextmanager
 def preserved_state(model: nn.Module) -> Iterator[None]:
-    """Restore train/eval modes and ``requires_grad`` flags of ``model`` on exit.
+    """Keep the model exactly as it was across one heatmap call.
 
-    Backends never change them on purpose; this is the safety net that makes
-    the promise hold even if a third-party canonizer or hook does.
+    * train/eval modes and ``requires_grad`` flags are restored on exit
+      (backends never change them on purpose; this is the safety net that makes
+      the promise hold even if a third-party canonizer or hook does);
+    * BatchNorm running statistics are swapped for copies during the call, so
+      forward passes of a train-mode model (the call's own, and the extra ones of
+      Integrated Gradients, SmoothGrad or captum's Grad-CAM) never update the
+      user's statistics; the original buffer objects are put back, unwritten.
     """
     modes = [(m, m.training) for m in model.modules()]
     flags = [(p, p.requires_grad) for p in model.parameters()]
+    swapped: list[tuple[dict, str, Tensor]] = []
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._NormBase):
+            for key in ("running_mean", "running_var", "num_batches_tracked"):
+                buffer = module._buffers.get(key)
+                if buffer is not None:
+                    swapped.append((module._buffers, key, buffer))
+                    module._buffers[key] = buffer.clone()
     try:
         yield
     finally:
+        for store, key, buffer in swapped:
+            store[key] = buffer
         for module, training in modes:
             if module.training != training:
                 module.train(training)
