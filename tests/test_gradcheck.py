@@ -34,7 +34,7 @@ def directional_check(
         vs = [v / norm for v in vs]
         analytic = sum((g * v).sum() for g, v in zip(grads, vs)).item()
 
-        def f(step: float) -> float:
+        def f(step: float, vs: list = vs) -> float:
             with torch.no_grad():
                 for p, p0, v in zip(params, originals, vs):
                     p.copy_(p0 + step * v)
