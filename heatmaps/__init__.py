@@ -5,6 +5,7 @@
 """
 
 from .base import Explanation, Heatmap
+from .explainer import ExplainerHeatmap
 from .gradcam import GradCAMHeatmap
 from .gradients import (
     InputXGradientHeatmap,
@@ -16,6 +17,7 @@ from .lrp import LRPHeatmap
 from .registry import available, get, register
 
 __all__ = [
+    "ExplainerHeatmap",
     "Explanation",
     "GradCAMHeatmap",
     "Heatmap",

@@ -30,6 +30,7 @@ _BUILTIN: dict[str, str] = {
     "input_x_gradient": "heatmaps.gradients:InputXGradientHeatmap",
     "integrated_gradients": "heatmaps.gradients:IntegratedGradientsHeatmap",
     "smoothgrad": "heatmaps.gradients:SmoothGradHeatmap",
+    "explainer": "heatmaps.explainer:ExplainerHeatmap",
 }
 _REGISTERED: dict[str, Callable[..., Heatmap]] = {}
 

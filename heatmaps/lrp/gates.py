@@ -46,7 +46,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd import Function
 from zennit.core import BasicHook, ParamMod, zero_wrap
-from zennit.rules import Epsilon, Norm, Pass
+from zennit.rules import Epsilon, NoMod, Norm, Pass
 
 _CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
@@ -137,16 +137,16 @@ class RuleGate(Function):
         ctx, x: Tensor, z: Tensor, state: GateState, rule: BasicHook, module: nn.Module
     ) -> Tensor:
         ctx.state, ctx.rule, ctx.module = state, rule, module
-        ctx.save_for_backward(x)
+        ctx.save_for_backward(x, z)
         return z.clone()
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # type: ignore[override]
         if not ctx.state.active:
             return None, grad, None, None, None
-        (x,) = ctx.saved_tensors
+        x, z = ctx.saved_tensors
         relevance = basic_rule_relevance(
-            ctx.rule, ctx.module, x, grad, create_graph=ctx.state.create_graph
+            ctx.rule, ctx.module, x, grad, create_graph=ctx.state.create_graph, output=z
         )
         return relevance, None, None, None, None
 
@@ -188,8 +188,29 @@ def functional_forward(module: nn.Module, params: dict[str, Tensor], x: Tensor) 
         store.update(saved)
 
 
+def _zeroes_bias(param_mod: Any, module: nn.Module) -> bool:
+    """Whether the modified layer has no bias (so a zero input gives a zero output)."""
+    mod = ParamMod.ensure(param_mod)
+    if getattr(module, "bias", None) is None:
+        return True
+    zero = mod.zero_params or []
+    zero = [zero] if isinstance(zero, str) else zero
+    keys = mod.param_keys
+    return "bias" in zero and (keys is None or "bias" in keys)
+
+
+def _is_unmodified(param_mod: Any) -> bool:
+    mod = ParamMod.ensure(param_mod)
+    return isinstance(mod, NoMod) and not mod.zero_params
+
+
 def basic_rule_relevance(
-    rule: BasicHook, module: nn.Module, x: Tensor, relevance: Tensor, create_graph: bool
+    rule: BasicHook,
+    module: nn.Module,
+    x: Tensor,
+    relevance: Tensor,
+    create_graph: bool,
+    output: Tensor | None = None,
 ) -> Tensor:
     """Input relevance of a zennit ``BasicHook`` rule, differentiable when ``create_graph``.
 
@@ -199,31 +220,64 @@ def basic_rule_relevance(
         g_i   = gradient_mapper(R_out, [z_1..z_n])_i
         R_in  = reducer([in_mod_i(x)], [J_i^T g_i])
 
-    but with live parameters and the caller's ``create_graph``.
+    but with live parameters and the caller's ``create_graph``. Two shortcuts
+    give the same values with less work:
+
+    * a term whose modified input is identically zero and whose modified layer
+      has no bias has ``z_i = 0`` and contributes nothing to ``R_in``: its layer
+      is not evaluated (the negative-input terms of z+, gamma and alpha-beta on
+      the non-negative outputs of a ReLU);
+    * a term with unmodified input and parameters is the forward output
+      ``output`` itself and is not recomputed.
     """
     with torch.enable_grad():
-        inputs, outputs = [], []
+        inputs, outputs, live = [], [], []
         for in_mod, param_mod, out_mod in zip(
             rule.input_modifiers, rule.param_modifiers, rule.output_modifiers
         ):
             inp = in_mod(x)
+            if (
+                output is not None
+                and inp is x
+                and _is_unmodified(param_mod)
+                and x.requires_grad
+                and all(i is not x for i in inputs)
+            ):
+                inputs.append(x)
+                outputs.append(out_mod(output))
+                live.append(True)
+                continue
+            if _zeroes_bias(param_mod, module) and not bool(inp.any()):
+                inputs.append(torch.zeros_like(inp))
+                outputs.append(None)
+                live.append(False)
+                continue
             # a distinct node per modified input, as zennit computes one gradient per input
             inp = inp.view_as(inp) if inp.requires_grad else inp.detach().requires_grad_(True)
             out = out_mod(functional_forward(module, modified_parameters(param_mod, module), inp))
             inputs.append(inp)
             outputs.append(out)
+            live.append(True)
+        reference = next(o for o in outputs if o is not None)
+        outputs = [torch.zeros_like(reference) if o is None else o for o in outputs]
         grad_outputs = rule.gradient_mapper(relevance, outputs)
         if isinstance(grad_outputs, Tensor):
             grad_outputs = [grad_outputs]
+        grad_outputs = list(grad_outputs)
+        kept = [i for i, flag in enumerate(live) if flag]
         grads = torch.autograd.grad(
-            outputs,
-            inputs,
-            grad_outputs=list(grad_outputs),
+            [outputs[i] for i in kept],
+            [inputs[i] for i in kept],
+            grad_outputs=[grad_outputs[i] for i in kept],
             create_graph=create_graph,
+            retain_graph=True,  # a reused forward output's graph is still needed afterwards
             allow_unused=True,
         )
-        grads = [torch.zeros_like(i) if g is None else g for i, g in zip(inputs, grads)]
+        full: list[Tensor] = [torch.zeros_like(i) for i in inputs]
+        for i, g in zip(kept, grads):
+            if g is not None:
+                full[i] = g
     # without create_graph the reduction is not recorded (detach() has no batching rule for
     # the vectorised multi-class backward, so the graph is simply not built)
     with torch.set_grad_enabled(create_graph):
-        return rule.reducer(inputs, grads)
+        return rule.reducer(inputs, full)

@@ -1,0 +1,148 @@
+"""Building classifiers and segmenters from command-line names."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import nn
+
+import heatmaps
+
+from .baselines import UNetSegmenter
+from .segmenter import HeatmapSegmenter
+
+# families whose layers LRP rules and canonizers cover (convolutions, linear
+# layers, ReLU, pooling, BatchNorm after a linear layer, ResNet residual sums)
+LRP_FAMILIES = ("resnet", "resnext", "wide_resnet", "vgg", "alexnet")
+# Grad-CAM needs an NCHW feature map; transformers keep tokens
+NO_FEATURE_MAP = ("vit_", "swin_", "maxvit")
+
+
+def classification_architectures() -> list[str]:
+    """Every classification architecture torchvision lists."""
+    return sorted(torchvision.models.list_models(module=torchvision.models))
+
+
+def check_support(method: str, arch: str) -> None:
+    """Raise a ``ValueError`` naming the backend and the architecture if unsupported."""
+    if arch not in classification_architectures():
+        raise ValueError(
+            f"--arch {arch}: not a torchvision classification architecture "
+            "(see torchvision.models.list_models(module=torchvision.models))"
+        )
+    if method == "lrp" and not arch.startswith(LRP_FAMILIES):
+        raise ValueError(
+            f"--method lrp does not support --arch {arch}: LRP rules and canonizers cover the "
+            f"{', '.join(LRP_FAMILIES)} families; use --method gradcam or saliency for {arch}"
+        )
+    if method == "gradcam" and arch.startswith(NO_FEATURE_MAP):
+        raise ValueError(
+            f"--method gradcam does not support --arch {arch}: it has no (B, C, h, w) feature map; "
+            "use --method saliency"
+        )
+
+
+def _head_slot(model: nn.Module) -> tuple[nn.Module, str, nn.Module]:
+    """The parent, attribute name and module of the classifier's last linear/conv layer."""
+    last = None
+    for name, module in model.named_modules():
+        if isinstance(module, (nn.Linear, nn.Conv2d)) and name:
+            last = (name, module)
+    if last is None:
+        raise ValueError("the model has no linear or convolutional output layer to replace")
+    name, module = last
+    parent_name, _, attr = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    return parent, attr, module
+
+
+def replace_head(model: nn.Module, num_outputs: int) -> nn.Module:
+    """Replace the final classification layer with a fresh one of ``num_outputs``."""
+    parent, attr, old = _head_slot(model)
+    if isinstance(old, nn.Linear):
+        new = nn.Linear(old.in_features, num_outputs, bias=old.bias is not None)
+    else:
+        new = nn.Conv2d(old.in_channels, num_outputs, old.kernel_size, old.stride, old.padding)
+    setattr(parent, attr, new.to(old.weight.device))
+    return model
+
+
+def build_classifier(arch: str, num_outputs: int, weights: str | None = None) -> nn.Module:
+    """A torchvision classifier with a head of ``num_outputs``.
+
+    Args:
+        weights: ``None``/``"none"`` (random init), ``"DEFAULT"`` (torchvision's
+            pretrained weights; downloads, only when the user asks), or a path
+            to a local state dict (``torch.load(weights_only=True)``) of the
+            same architecture with any head.
+    """
+    if arch not in classification_architectures():
+        raise ValueError(f"--arch {arch}: not a torchvision classification architecture")
+    if weights in (None, "none", "None"):
+        model = torchvision.models.get_model(arch, weights=None)
+    elif weights == "DEFAULT":
+        model = torchvision.models.get_model(arch, weights="DEFAULT")
+    else:
+        path = Path(weights)
+        if not path.is_file():
+            raise ValueError(f"--weights {weights}: no such file")
+        model = torchvision.models.get_model(arch, weights=None)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:  # noqa: BLE001 - report any unpickling failure as one line
+            raise ValueError(f"--weights {weights}: not a readable state dict ({error})") from None
+        if isinstance(state, dict) and "state_dict" in state:
+            state = state["state_dict"]
+        _, _, head = _head_slot(model)
+        head_keys = {
+            k for k, v in model.state_dict().items() if any(v is p for p in head.parameters())
+        }
+        own = model.state_dict()
+        mismatched = {k for k, v in state.items() if k in own and own[k].shape != v.shape}
+        if mismatched - head_keys:
+            raise ValueError(
+                f"--weights {weights}: shapes do not match --arch {arch} for {sorted(mismatched)[:3]}"
+            )
+        state = {k: v for k, v in state.items() if k not in mismatched}
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if unexpected or set(missing) - head_keys:
+            raise ValueError(
+                f"--weights {weights}: not a state dict of --arch {arch} "
+                f"(missing {sorted(set(missing) - head_keys)[:3]}, unexpected {unexpected[:3]})"
+            )
+    return replace_head(model, num_outputs)
+
+
+def build_segmenter(config: dict, num_classes: int) -> nn.Module:
+    """The model a run trains, from the run's configuration dict."""
+    kind = config["model"]
+    if kind in ("unet", "mt-unet"):
+        return UNetSegmenter(config["arch"], num_classes, multitask=kind == "mt-unet")
+    if kind != "heatmap":
+        raise ValueError(f"--model: expected heatmap, unet or mt-unet, got {kind!r}")
+    method = config["method"]
+    check_support(method, config["arch"])
+    outputs = num_classes + (1 if config["background"] == "neuron" else 0)
+    classifier = build_classifier(config["arch"], outputs, config["weights"])
+    options: dict = {}
+    if method == "lrp":
+        options = {"composite": config["composite"]}
+        if config["composite"] == "epsilon":
+            options["epsilon"] = config["epsilon"]
+    if method not in heatmaps.available():
+        raise ValueError(
+            f"--method {method}: unknown backend; available: {', '.join(heatmaps.available())}"
+        )
+    backend = heatmaps.get(method, classifier, **options)
+    return HeatmapSegmenter(
+        classifier,
+        backend,
+        num_classes,
+        background=config["background"],
+        normalise=config["normalise"],
+        smoothing=config["smoothing"],
+        gating=config["gating"],
+        threshold=config["threshold"],
+    )

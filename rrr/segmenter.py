@@ -1,0 +1,201 @@
+"""``HeatmapSegmenter``: a classifier's class heatmaps used as segmentation logits.
+
+The segmentation paper (Yu et al.) observes that an LRP heatmap of a classifier
+is an encoder-decoder whose decoder is the LRP backward pass with weights tied
+to the encoder; stacked class heatmaps plus a background channel are
+segmentation logits, and standard segmentation losses on them train the
+classifier. This module turns maps ``R_c`` (B, C, H, W) of any backend into
+logits (B, C + 1, H, W), channel 0 being the background::
+
+    logit_0      = b                        (background = "constant")
+                 = R_bg                     (background = "neuron": heatmap of an extra output)
+    logit_c      = s * N(S(R_c))            c = 1..C
+    logit_c      = -inf  if class c is gated off (absent)
+
+with ``S`` an optional box blur and ``N`` a per-image normalisation (``"std"``:
+divide by the standard deviation of the image's maps, ``"max"``: by their
+maximum absolute value, ``"none"``). ``s`` and ``b`` are learned scalars.
+
+Gating: during training the image-level labels say which classes are present,
+so the softmax runs over the background and the present classes only (this
+beat an all-class softmax by a wide margin in the calibration runs, design
+brief sec. 5). At inference the classifier's own prediction gates the classes
+(``gating="predicted"``: logit > ``threshold``), or nothing does (``"none"``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from heatmaps.base import Heatmap
+
+NEG = -1e4  # "minus infinity" for gated-off classes that keeps softmax/CE finite
+
+
+@dataclass
+class SegmenterOutput:
+    """Segmentation logits ``(B, C+1, H, W)``, class logits ``(B, C)`` and raw maps ``(B, C, H, W)``."""
+
+    seg_logits: Tensor
+    logits: Tensor
+    maps: Tensor
+
+
+class HeatmapSegmenter(nn.Module):
+    """Segmentation logits from the heatmaps of a classifier.
+
+    Args:
+        classifier: any classifier; it outputs ``C`` logits, or ``C + 1`` with
+            ``background="neuron"`` (the last output is the background neuron).
+        backend: a :class:`heatmaps.Heatmap` built on ``classifier``.
+        num_classes: ``C``, the number of foreground classes.
+        background: ``"constant"`` (learned constant logit) or ``"neuron"``.
+        normalise: ``"std"``, ``"max"`` or ``"none"`` (see module docstring).
+        smoothing: box-blur size in pixels (odd; 0 or 1 = none).
+        gating: inference gating, ``"predicted"`` or ``"none"``.
+        threshold: class-logit threshold of ``"predicted"`` gating.
+        init_scale: initial value of the learned map scale ``s``.
+    """
+
+    def __init__(
+        self,
+        classifier: nn.Module,
+        backend: Heatmap,
+        num_classes: int,
+        background: str = "constant",
+        normalise: str = "std",
+        smoothing: int = 0,
+        gating: str = "predicted",
+        threshold: float = 0.0,
+        init_scale: float = 1.0,
+    ) -> None:
+        super().__init__()
+        if background not in ("constant", "neuron"):
+            raise ValueError(f"background: expected 'constant' or 'neuron', got {background!r}")
+        if normalise not in ("std", "max", "none"):
+            raise ValueError(f"normalise: expected 'std', 'max' or 'none', got {normalise!r}")
+        if gating not in ("predicted", "none"):
+            raise ValueError(f"gating: expected 'predicted' or 'none', got {gating!r}")
+        if smoothing < 0:
+            raise ValueError(f"smoothing: expected >= 0, got {smoothing}")
+        if backend.model is not classifier:
+            raise ValueError("backend: the heatmap backend must wrap the same classifier")
+        self.classifier = classifier
+        self.backend = backend
+        self.num_classes = num_classes
+        self.background = background
+        self.normalise = normalise
+        self.smoothing = smoothing
+        self.gating = gating
+        self.threshold = threshold
+        self.scale = nn.Parameter(torch.tensor(float(init_scale)))
+        self.background_logit = nn.Parameter(torch.tensor(0.0))
+
+    # -- the pieces ---------------------------------------------------------------------------
+    def _smooth(self, maps: Tensor) -> Tensor:
+        if self.smoothing <= 1:
+            return maps
+        k = self.smoothing | 1
+        flat = maps.flatten(0, 1)[:, None]
+        return F.avg_pool2d(flat, k, stride=1, padding=k // 2, count_include_pad=False).view_as(
+            maps
+        )
+
+    def _normalise(self, maps: Tensor) -> Tensor:
+        if self.normalise == "none":
+            return maps
+        if self.normalise == "std":
+            scale = maps.flatten(1).std(dim=1)
+        else:
+            scale = maps.flatten(1).abs().amax(dim=1)
+        return maps / (scale[:, None, None, None] + 1e-12)
+
+    def class_presence(self, logits: Tensor) -> Tensor:
+        """``(B, C)`` bool: classes the classifier predicts present (logit > threshold)."""
+        return logits[:, : self.num_classes] > self.threshold
+
+    # -- forward ------------------------------------------------------------------------------
+    def forward(
+        self,
+        x: Tensor,
+        present: Tensor | None = None,
+        *,
+        create_graph: bool | None = None,
+        classify_only: bool = False,
+    ) -> SegmenterOutput:
+        """Segmentation logits for ``x``.
+
+        Args:
+            x: images ``(B, 3, H, W)``.
+            present: ``(B, C)`` bool image-level labels. When given, maps are
+                computed only for these classes and the others are gated off
+                (training). When ``None``, classes are gated by ``gating``.
+            create_graph: keep the maps differentiable w.r.t. the classifier
+                (default: ``self.training``).
+            classify_only: only run the classifier (``seg_logits`` and ``maps``
+                are ``None``); used by the classification pre-training stage.
+        """
+        if classify_only:
+            return SegmenterOutput(None, self.classifier(x), None)  # type: ignore[arg-type]
+        if create_graph is None:
+            create_graph = self.training
+        c = self.num_classes
+        batch = x.shape[0]
+        if present is not None:
+            present = present.to(device=x.device, dtype=torch.bool)
+            if present.shape != (batch, c):
+                raise ValueError(
+                    f"present: expected a (B, C) = ({batch}, {c}) multi-hot, got {tuple(present.shape)}"
+                )
+            targets = present
+        else:
+            targets = torch.ones(batch, c, dtype=torch.bool, device=x.device)
+        if self.background == "neuron":
+            targets = torch.cat([targets, targets.new_ones(batch, 1)], dim=1)
+        out = self.backend.explain(x, targets, create_graph=create_graph)
+        maps = out.maps
+        if self.background == "neuron":
+            background = maps[:, c:]
+            maps = maps[:, :c]
+        class_maps = self.scale * self._normalise(self._smooth(maps))
+        if self.background == "neuron":
+            background = self.scale * self._normalise(self._smooth(background))
+        else:
+            background = self.background_logit.expand(batch, 1, *x.shape[-2:])
+        if present is None:
+            gate = (
+                self.class_presence(out.logits)
+                if self.gating == "predicted"
+                else torch.ones_like(targets[:, :c])
+            )
+        else:
+            gate = present
+        class_maps = torch.where(
+            gate[:, :, None, None], class_maps, torch.full_like(class_maps, NEG)
+        )
+        seg_logits = torch.cat([background.to(class_maps.dtype), class_maps], dim=1)
+        return SegmenterOutput(seg_logits, out.logits, maps)
+
+    @torch.no_grad()
+    def predict(self, x: Tensor) -> Tensor:
+        """``(B, H, W)`` label maps (0 = background), gated as configured."""
+        return self.forward(x, None, create_graph=False).seg_logits.argmax(dim=1)
+
+
+def freeze_batchnorm(model: nn.Module) -> list[nn.Module]:
+    """Put every BatchNorm of ``model`` in eval mode (statistics frozen); return them.
+
+    Fine-tuning batches are small and LRP canonizers need fixed statistics, so
+    statistics are frozen by default; the affine parameters still train. Call
+    again after every ``model.train()``.
+    """
+    frozen = []
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.eval()
+            frozen.append(module)
+    return frozen
