@@ -1,0 +1,153 @@
+"""Cost of heatmaps relative to one classification training step.
+
+    python benchmarks/heatmap_cost.py [--archs resnet18,resnet50] [--batch 32] [--size 64]
+
+Runs every case side by side in one process (interleaved, minimum of
+``--repeats``) and prints a markdown table of time ratios to one
+classification training step (forward, cross-entropy, backward, SGD step) of
+the same model and batch, plus the saved-tensor memory ratio of the training
+steps. Cases:
+
+* ``zennit attributor``: zennit 0.5.1's own ``Gradient`` attributor (epsilon_plus_flat, ResNet canonizer), no graph;
+* ``LRPHeatmap, no graph``: our maps, same composite;
+* ``zennit double-backprop step``: zennit with ``create_graph=True`` and a loss on the maps (gradients inexact);
+* ``LRP <composite> step``: our exactly differentiable training step (classification + map loss);
+* ``Grad-CAM step`` and ``input-gradient step`` (input x gradient, double backprop).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import torchvision
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import (  # noqa: E402
+    environment,
+    interleaved_min_times,
+    markdown_table,
+    resolve_device,
+    saved_tensor_bytes,
+)
+
+import heatmaps  # noqa: E402
+
+
+def build_cases(arch: str, batch: int, size: int, device: torch.device, zennit: bool = True):
+    torch.manual_seed(0)
+    model = torchvision.models.get_model(arch, weights=None, num_classes=10).to(device).eval()
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-4)
+    x = torch.rand(batch, 3, size, size, device=device)
+    y = torch.randint(10, (batch,), device=device)
+
+    def classification_step():
+        optimizer.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y).backward()
+        optimizer.step()
+
+    def heatmap_step(hm):
+        def step():
+            optimizer.zero_grad(set_to_none=True)
+            out = hm.explain(x, y, create_graph=True)
+            loss = F.cross_entropy(out.logits, y) + out.maps.square().mean()
+            loss.backward()
+            optimizer.step()
+
+        return step
+
+    lrp_flat = heatmaps.LRPHeatmap(model, composite="epsilon_plus_flat")
+    steps = {
+        "classification step": classification_step,
+        "LRP epsilon step": heatmap_step(heatmaps.LRPHeatmap(model, composite="epsilon")),
+        "LRP epsilon_plus_flat step": heatmap_step(lrp_flat),
+        "Grad-CAM step": heatmap_step(heatmaps.GradCAMHeatmap(model)),
+        "input-gradient step": heatmap_step(heatmaps.InputXGradientHeatmap(model)),
+    }
+    maps = {"LRPHeatmap, no graph": lambda: lrp_flat(x, y)}
+    if zennit and arch.startswith("resnet"):
+        from zennit.attribution import Gradient
+        from zennit.composites import EpsilonPlusFlat
+        from zennit.torchvision import ResNetCanonizer
+
+        one_hot = torch.eye(10, device=device)[y]
+
+        def zennit_maps():
+            composite = EpsilonPlusFlat(canonizers=[ResNetCanonizer()])
+            with Gradient(model, composite) as attributor:
+                attributor(x, one_hot)
+
+        def zennit_step():
+            composite = EpsilonPlusFlat(canonizers=[ResNetCanonizer()])
+            optimizer.zero_grad(set_to_none=True)
+            with Gradient(model, composite, create_graph=True) as attributor:
+                out, relevance = attributor(x.requires_grad_(True), one_hot)
+            x.requires_grad_(False)
+            (F.cross_entropy(out, y) + relevance.sum(1).square().mean()).backward()
+            optimizer.step()
+
+        maps["zennit attributor"] = zennit_maps
+        steps["zennit double-backprop step (inexact)"] = zennit_step
+    return steps, maps
+
+
+def run(archs: list[str], batch: int, size: int, repeats: int, device: torch.device) -> dict:
+    results: dict = {"environment": environment(device), "batch": batch, "size": size, "archs": {}}
+    for arch in archs:
+        steps, maps = build_cases(arch, batch, size, device)
+        times = interleaved_min_times({**steps, **maps}, repeats, device)
+        base = times["classification step"]
+        memory = {name: saved_tensor_bytes(fn) for name, fn in steps.items()}
+        results["archs"][arch] = {
+            "seconds": times,
+            "ratio": {name: t / base for name, t in times.items()},
+            "saved_bytes": memory,
+            "memory_ratio": {k: v / memory["classification step"] for k, v in memory.items()},
+        }
+        if "zennit attributor" in times:
+            results["archs"][arch]["ratio"]["LRPHeatmap, no graph / zennit attributor"] = (
+                times["LRPHeatmap, no graph"] / times["zennit attributor"]
+            )
+    return results
+
+
+def table(results: dict) -> str:
+    archs = list(results["archs"])
+    names = list(results["archs"][archs[0]]["ratio"])
+    rows = []
+    for name in names:
+        row: list[object] = [name]
+        for arch in archs:
+            entry = results["archs"][arch]
+            row.append(entry["ratio"].get(name, float("nan")))
+            mem = entry["memory_ratio"].get(name)
+            row.append("" if mem is None else mem)
+        rows.append(row)
+    header = ["case"] + [f"{a} {k}" for a in archs for k in ("time ratio", "memory ratio")]
+    return markdown_table(header, rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--archs", default="resnet18,resnet50")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--json", default=None, help="also write the results here")
+    args = parser.parse_args()
+    device = resolve_device(args.device)
+    results = run(args.archs.split(","), args.batch, args.size, args.repeats, device)
+    print(json.dumps(results["environment"]))
+    print(f"batch {args.batch}, {args.size} px, ratios to one classification training step\n")
+    print(table(results))
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
