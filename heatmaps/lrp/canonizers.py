@@ -60,7 +60,9 @@ class FunctionalMergeBatchNorm(Canonizer):
         super().__init__()
         self.name_map = name_map
         self._swaps: list[tuple[dict, str, object]] = []
+        self._handles: dict[nn.Module, torch.utils.hooks.RemovableHandle] = {}
         self._batch_norm: nn.Module | None = None
+        self.linears: list[nn.Module] = []
 
     def copy(self) -> FunctionalMergeBatchNorm:
         return FunctionalMergeBatchNorm(self.name_map)
@@ -101,26 +103,50 @@ class FunctionalMergeBatchNorm(Canonizer):
             shift = -batch_norm.running_mean * scale
             if batch_norm.bias is not None:
                 shift = shift + batch_norm.bias
-            for linear in linears:
-                weight = linear.weight
-                if isinstance(linear, ConvolutionTranspose):
-                    index = (None, slice(None), *((None,) * (weight.ndim - 2)))
-                else:
-                    index = (slice(None), *((None,) * (weight.ndim - 1)))
-                new_weight = weight * scale[index]
-                bias = linear.bias
-                new_bias = shift if bias is None else bias * scale + shift
-                self._swap(linear._parameters, "weight", new_weight)
-                self._swap(linear._parameters, "bias", new_bias)
+        self._scale, self._shift = scale, shift
+        self.linears = list(linears)
+        for linear in self.linears:
+            self._handles[linear] = linear.register_forward_hook(self._affine_output)
         # the BatchNorm becomes the identity in every mode (no statistics update)
         self._batch_norm = batch_norm
         batch_norm.forward = _identity  # instance attribute, removed on exit
+
+    def _affine_output(self, module: nn.Module, args: tuple, out: Tensor) -> Tensor:
+        """``s * layer(x) + (beta - m s)``: the merged layer, without touching its weight."""
+        shape = (1, -1) + (1,) * (out.ndim - 2)
+        return out * self._scale.view(shape) + self._shift.view(shape)
+
+    def materialize(self, linear: nn.Module) -> None:
+        """Swap merged ``weight``/``bias`` into ``linear`` instead of scaling its output.
+
+        Rules that modify parameters (z+, gamma, flat, ...) need the merged
+        weights themselves; rules that only rescale the gradient (epsilon) are
+        served by the cheaper output scaling.
+        """
+        handle = self._handles.pop(linear, None)
+        if handle is None:
+            return
+        handle.remove()
+        with torch.enable_grad():
+            weight = linear.weight
+            if isinstance(linear, ConvolutionTranspose):
+                index = (None, slice(None), *((None,) * (weight.ndim - 2)))
+            else:
+                index = (slice(None), *((None,) * (weight.ndim - 1)))
+            new_weight = weight * self._scale[index]
+            bias = linear.bias
+            new_bias = self._shift if bias is None else bias * self._scale + self._shift
+        self._swap(linear._parameters, "weight", new_weight)
+        self._swap(linear._parameters, "bias", new_bias)
 
     def _swap(self, store: dict, key: str, value: object) -> None:
         self._swaps.append((store, key, store.get(key)))
         store[key] = value
 
     def remove(self) -> None:
+        for handle in self._handles.values():
+            handle.remove()
+        self._handles.clear()
         for store, key, original in reversed(self._swaps):
             store[key] = original
         self._swaps.clear()

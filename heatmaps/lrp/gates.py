@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd import Function
-from zennit.core import BasicHook, ParamMod, zero_wrap
+from zennit.core import BasicHook, ParamMod, Stabilizer, zero_wrap
 from zennit.rules import Epsilon, NoMod, Norm, Pass
 
 _CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -97,21 +97,45 @@ class InputGate(Function):
         return ctx.rule.reducer([x], [grad]), None, None
 
 
+def plain_epsilon(rule: BasicHook) -> float | None:
+    """The epsilon of an ``Epsilon``/``Norm`` rule whose stabiliser is zennit's default form.
+
+    That form is ``stab(z) = z + eps * (sign(z) + [z == 0])``: a shift that is
+    piecewise constant in ``z``. It is computed once in the forward pass
+    without a graph (its derivative is zero almost everywhere), leaving only
+    ``R / (z + shift)`` to be recorded for the double backward.
+    """
+    for cell in rule.gradient_mapper.__closure__ or ():
+        value = cell.cell_contents
+        if isinstance(value, Stabilizer) and not value.clip and not value.norm_scale:
+            return float(value.epsilon)
+    return None
+
+
 class OutputGate(Function):
     """Identity forward; backward maps the output relevance by the rule's gradient mapper."""
 
     @staticmethod
-    def forward(ctx, z: Tensor, state: GateState, rule: BasicHook) -> Tensor:  # type: ignore[override]
+    def forward(  # type: ignore[override]
+        ctx, z: Tensor, state: GateState, rule: BasicHook, epsilon: float | None
+    ) -> Tensor:
         ctx.state, ctx.rule = state, rule
-        ctx.save_for_backward(z)
+        if epsilon is None:
+            ctx.save_for_backward(z, None)
+        else:
+            # eps * (sign(z) + [z == 0]) in one pass: +eps where z >= 0, -eps elsewhere
+            shift = torch.where(z >= 0, epsilon, -epsilon).to(z.dtype)
+            ctx.save_for_backward(z, shift)
         return z.clone()
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # type: ignore[override]
         if not ctx.state.active:
-            return grad, None, None
-        (z,) = ctx.saved_tensors
-        return _first(ctx.rule.gradient_mapper(grad, [z])), None, None
+            return grad, None, None, None
+        z, shift = ctx.saved_tensors
+        if shift is None:
+            return _first(ctx.rule.gradient_mapper(grad, [z])), None, None, None
+        return grad / (z + shift), None, None, None
 
 
 class PassGate(Function):

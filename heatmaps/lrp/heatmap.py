@@ -11,9 +11,22 @@ from zennit.canonizers import Canonizer
 from zennit.core import Composite
 
 from ..base import Heatmap, batched_input_grad, one_hot_grad_outputs, reduce_channels
-from .canonizers import _identity, auto_canonizers, translate_canonizers
+from .canonizers import (
+    FunctionalMergeBatchNorm,
+    _identity,
+    auto_canonizers,
+    translate_canonizers,
+)
 from .composites import make_composite
-from .gates import GateState, InputGate, OutputGate, PassGate, RuleGate, rule_kind
+from .gates import (
+    GateState,
+    InputGate,
+    OutputGate,
+    PassGate,
+    RuleGate,
+    plain_epsilon,
+    rule_kind,
+)
 
 
 class LRPHeatmap(Heatmap):
@@ -81,11 +94,20 @@ class LRPHeatmap(Heatmap):
         try:
             for canonizer in self._canonizers:
                 applied += canonizer.apply(self.model)
+            merged = {
+                linear: merge
+                for merge in applied
+                if isinstance(merge, FunctionalMergeBatchNorm)
+                for linear in merge.linears
+            }
             ctx: dict = {}
             for name, module in self.model.named_modules():
                 rule = self.composite.module_map(ctx, name, module)
-                if rule is not None:
-                    handles += _register_rule(module, rule, state)
+                if rule is None:
+                    continue
+                if module in merged and rule_kind(rule) == "basic":
+                    merged[module].materialize(module)
+                handles += _register_rule(module, rule, state)
             self._state = state
             yield
         finally:
@@ -128,6 +150,7 @@ def _register_rule(module: nn.Module, rule: object, state: GateState) -> list[An
     stash: list[Tensor] = []
 
     if kind == "gradient":
+        epsilon = plain_epsilon(rule)
 
         def pre(mod: nn.Module, args: tuple) -> tuple:
             x = args[0]
@@ -135,7 +158,7 @@ def _register_rule(module: nn.Module, rule: object, state: GateState) -> list[An
             return (gated.clone() if inplace else gated, *args[1:])
 
         def post(mod: nn.Module, args: tuple, out: Tensor) -> Tensor:
-            return OutputGate.apply(out, state, rule)
+            return OutputGate.apply(out, state, rule, epsilon)
 
     else:
 
