@@ -157,6 +157,12 @@ def finetune_parser() -> argparse.ArgumentParser:
         default=1e-2,
         help="learning rate of the segmenter's scale and background",
     )
+    parser.add_argument(
+        "--optimizer",
+        choices=["adamw", "sgd"],
+        default="adamw",
+        help="AdamW (as in the paper) or SGD with momentum 0.9",
+    )
     parser.add_argument("--weight-decay", type=_non_negative(float), default=1e-4)
     parser.add_argument(
         "--no-freeze-bn", dest="freeze_bn", action="store_false", help="update BatchNorm statistics"

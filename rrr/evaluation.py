@@ -36,11 +36,13 @@ class SegmentationMetrics:
     _images: int = field(default=0, init=False)
 
     def __post_init__(self) -> None:
+        # evaluation runs in one process (rank 0 of a multi-process run): no cross-process sync
+        local = {"sync_on_compute": False}
         self._confusion = MulticlassConfusionMatrix(
-            self.num_classes + 1, ignore_index=IGNORE_INDEX, validate_args=False
+            self.num_classes + 1, ignore_index=IGNORE_INDEX, validate_args=False, **local
         )
-        self._ap = MultilabelAveragePrecision(self.num_classes, average="macro")
-        self._f1 = MultilabelF1Score(self.num_classes, average="macro")
+        self._ap = MultilabelAveragePrecision(self.num_classes, average="macro", **local)
+        self._f1 = MultilabelF1Score(self.num_classes, average="macro", **local)
 
     def update(
         self,

@@ -32,7 +32,13 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from .checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
-from .data import MixedBatchSampler, PixelLabelSubset, build_dataset, choose_pixel_labelled
+from .data import (
+    MixedBatchSampler,
+    PixelLabelSubset,
+    build_dataset,
+    choose_pixel_labelled,
+    dataset_labels,
+)
 from .evaluation import SegmentationMetrics
 from .models import build_segmenter
 from .objectives import classification_loss, segmentation_loss
@@ -77,6 +83,37 @@ def setup_distributed(device_name: str) -> tuple[Distributed, torch.device]:
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return Distributed(rank, world, local), device
+
+
+def broadcast_parameters(model: nn.Module) -> None:
+    """Start every process from rank 0's parameters and buffers."""
+    with torch.no_grad():
+        for tensor in [*model.parameters(), *model.buffers()]:
+            dist.broadcast(tensor, src=0)
+
+
+def average_gradients(model: nn.Module, world_size: int) -> None:
+    """Average parameter gradients over processes with one all-reduce.
+
+    This is DistributedDataParallel's synchronisation without its reducer:
+    DDP's bucketed hooks do not support the double backward of heatmap losses
+    (its documentation excludes ``autograd.grad`` with ``create_graph``; here it
+    gave gradients several percent off the single-process ones), while one
+    flat all-reduce after ``backward()`` is exact by construction. A parameter
+    without a gradient on some process contributes zeros, so every process
+    takes part in the same collective.
+    """
+    params = list(model.parameters())
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= world_size
+    offset = 0
+    for param, grad in zip(params, grads):
+        n = grad.numel()
+        if param.requires_grad:
+            param.grad = flat[offset : offset + n].view_as(param).clone()
+        offset += n
 
 
 def dataset_options(config: dict[str, Any], split: str) -> dict[str, Any]:
@@ -154,7 +191,7 @@ class Trainer:
         self.val_set = build_dataset(config["data"], "val", **dataset_options(config, "val"))
         self.num_classes = self.train_set_full.num_classes
         self.classes = list(self.train_set_full.classes)
-        labels = image_labels(self.train_set_full)
+        labels = dataset_labels(self.train_set_full)
         n_pixel = min(config["pixel_labels"], len(self.train_set_full))
         self.pixel_indices = choose_pixel_labelled(labels, n_pixel, config["seed"])
         self.train_set = PixelLabelSubset(self.train_set_full, self.pixel_indices)
@@ -167,14 +204,8 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         if config["resume"]:
             self._resume()
-        self.ddp_model: nn.Module = self.model
         if self.dist.active:
-            self.ddp_model = nn.parallel.DistributedDataParallel(
-                self.model,
-                device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                find_unused_parameters=True,
-                broadcast_buffers=False,
-            )
+            broadcast_parameters(self.model)
         self.writer = None
         if self.dist.main:
             from torch.utils.tensorboard import SummaryWriter
@@ -204,6 +235,8 @@ class Trainer:
         groups = [{"params": weights, "lr": self.config["lr"], "name": "model"}]
         if scalars:
             groups.append({"params": scalars, "lr": self.config["scalar_lr"], "name": "scalars"})
+        if self.config["optimizer"] == "sgd":
+            return torch.optim.SGD(groups, momentum=0.9, weight_decay=self.config["weight_decay"])
         return torch.optim.AdamW(groups, weight_decay=self.config["weight_decay"])
 
     def _resume(self) -> None:
@@ -277,11 +310,11 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         terms: dict[str, torch.Tensor] = {}
         if phase == "pretrain":
-            out = self.ddp_model(x, present, classify_only=True)
+            out = self.model(x, present, classify_only=True)
             terms["cls"] = classification_loss(out.logits, labels)
             loss = terms["cls"]
         else:
-            out = self.ddp_model(x, present & has_mask[:, None])
+            out = self.model(x, present & has_mask[:, None])
             loss = torch.zeros((), device=self.device)
             if c["model"] != "unet" and c["cls_weight"] > 0:
                 terms["cls"] = classification_loss(out.logits, labels)
@@ -295,6 +328,8 @@ class Trainer:
                 "--normalise std"
             )
         loss.backward()
+        if self.dist.active:
+            average_gradients(self.model, self.dist.world_size)
         self.optimizer.step()
         return {"loss": loss.item(), **{k: v.item() for k, v in terms.items()}}
 
@@ -471,10 +506,3 @@ class Trainer:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
-
-
-def image_labels(dataset: Any) -> torch.Tensor:
-    """``(N, C)`` image-level labels of every item (datasets may provide them cheaply)."""
-    if hasattr(dataset, "image_labels"):
-        return dataset.image_labels()
-    return torch.stack([dataset[i]["labels"] for i in range(len(dataset))])

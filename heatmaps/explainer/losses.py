@@ -167,7 +167,8 @@ def area_loss(
     Args:
         masks: ``(B, C, H, W)`` masks in ``[0, 1]``.
         present: ``(B, C)`` bool.
-        min_area, max_area: fractions with ``0 <= min_area <= max_area <= 1``.
+        min_area: smallest allowed area fraction, ``0 <= min_area <= max_area``.
+        max_area: largest allowed area fraction, ``<= 1``.
     """
     if not 0.0 <= min_area <= max_area <= 1.0:
         raise ValueError(
