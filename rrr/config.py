@@ -97,6 +97,13 @@ def finetune_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--method", default="lrp", help="heatmap backend (see heatmaps.available())"
     )
+    parser.add_argument(
+        "--explainer",
+        default="deeplabv3_resnet50",
+        help="Explainer network (with --method explainer): deeplabv3_resnet50 (the paper's), "
+        "lraspp_mobilenet_v3_large, fcn_resnet50, deeplabv3_resnet101, "
+        "deeplabv3_mobilenet_v3_large or small",
+    )
     parser.add_argument("--composite", default="epsilon", help="LRP composite (with --method lrp)")
     parser.add_argument(
         "--epsilon", type=float, default=1e-6, help="epsilon of the 'epsilon' composite"

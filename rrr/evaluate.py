@@ -8,6 +8,18 @@ Data options default to the run's own; pass them to evaluate on data composed
 differently (e.g. ``--objects 3,5`` for more crowded scenes). Prints and
 optionally writes JSON with ``miou``, ``per_class_iou``, ``pixel_accuracy``,
 ``map`` and ``f1``.
+
+``--explanation-metrics`` adds, under ``"explanation"``, the mask metrics of
+Stalder et al. (NeurIPS 2022) of the maps that explain the checkpoint's
+classifier, averaged over every (image, present class) pair of the split:
+mask F1 and discrete IoU at 0.5, continuous IoU, AUC and the saliency metric.
+The maps are those of the run's own backend (the Explainer's masks for
+``--method explainer``), or of ``--explain-method NAME`` built on the same
+classifier, so Explainer, Grad-CAM and LRP of one frozen classifier can be
+compared from one checkpoint::
+
+    python -m rrr.evaluate --checkpoint runs/expl/checkpoint.pt --explanation-metrics
+    python -m rrr.evaluate --checkpoint runs/expl/checkpoint.pt --explain-method gradcam
 """
 
 from __future__ import annotations
@@ -18,6 +30,7 @@ import sys
 from collections.abc import Sequence
 
 import torch
+from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
@@ -40,9 +53,166 @@ def evaluate_parser() -> argparse.ArgumentParser:
         default=None,
         help="class gating of heatmap models (default: the run's; 'true' uses the labels)",
     )
+    parser.add_argument(
+        "--explanation-metrics",
+        action="store_true",
+        help="also score the maps explaining the classifier against the class masks "
+        "(mask F1, discrete and continuous IoU, AUC, saliency metric)",
+    )
+    parser.add_argument(
+        "--explain-method",
+        default=None,
+        metavar="NAME",
+        help="explanation metrics of this backend (e.g. gradcam, lrp, explainer) of the "
+        "checkpoint's classifier instead of the run's own maps; implies --explanation-metrics",
+    )
+    parser.add_argument(
+        "--composite",
+        default=None,
+        help="LRP composite of --explain-method lrp (default: the run's --composite)",
+    )
+    parser.add_argument(
+        "--saliency-variant",
+        choices=["crop", "mask"],
+        default="crop",
+        help="saliency metric: tight box crop (Dabkowski & Gal) or soft mask (Stalder et al.)",
+    )
     parser.add_argument("--json", default=None, help="write the metrics to this JSON file")
     parser.add_argument("--no-progress", dest="progress", action="store_false")
     return parser
+
+
+def explanation_backend(model: nn.Module, config: dict, name: str | None = None):
+    """The :class:`heatmaps.Heatmap` whose maps ``--explanation-metrics`` scores.
+
+    ``name=None``: the run's own maps (the heatmap backend of a heatmap
+    segmenter, the Explainer of an explainer run); otherwise the backend
+    ``name`` built with :func:`heatmaps.get` on the checkpoint's classifier
+    (``"explainer"`` needs an explainer run; ``"lrp"`` uses ``config``'s
+    composite, epsilon and relevance).
+    """
+    import heatmaps
+
+    from .explainer_segmenter import ExplainerSegmenter
+    from .models import check_support
+    from .segmenter import HeatmapSegmenter
+
+    if not isinstance(model, (HeatmapSegmenter, ExplainerSegmenter)):
+        raise ValueError(
+            f"--explanation-metrics: the checkpoint's model ({config.get('model')}) has no "
+            "classifier to explain; use a checkpoint of --model heatmap"
+        )
+    if name is None:
+        return model.heatmap() if isinstance(model, ExplainerSegmenter) else model.backend
+    if name == "explainer":
+        if not isinstance(model, ExplainerSegmenter):
+            raise ValueError(
+                "--explain-method explainer: the checkpoint has no Explainer; train one with "
+                "python -m rrr.finetune --method explainer"
+            )
+        return model.heatmap()
+    if name not in heatmaps.available():
+        raise ValueError(
+            f"--explain-method {name}: unknown backend; available: {', '.join(heatmaps.available())}"
+        )
+    check_support(name, config["arch"])
+    options: dict = {}
+    if name == "lrp":
+        options["composite"] = config.get("composite") or "epsilon"
+        if options["composite"] == "epsilon" and "epsilon" in config:
+            options["epsilon"] = config["epsilon"]
+        if config.get("relevance") is not None:
+            options["relevance"] = config["relevance"]
+    return heatmaps.get(name, model.classifier, **options)
+
+
+class ExplanationMetrics:
+    """Mean mask metrics (:mod:`heatmaps.metrics`) over (image, present class) pairs.
+
+    Maps of a backend whose name is ``"explainer"`` are masks in ``[0, 1]`` and
+    are used as they are; the maps of every other backend are rescaled per map
+    with ``normalise_maps(how="max")`` (positive part over its maximum). The
+    ground truth of class ``c`` is the pixels labelled ``c + 1``; unlabelled
+    pixels count as not the object, and images without labelled pixels are skipped.
+    """
+
+    KEYS = ("mask_f1", "discrete_iou", "continuous_iou", "auc", "saliency")
+
+    def __init__(
+        self, backend, num_classes: int, saliency_variant: str = "crop", threshold: float = 0.5
+    ) -> None:
+        self.backend = backend
+        self.num_classes = num_classes
+        self.saliency_variant = saliency_variant
+        self.threshold = threshold
+        self.values: dict[str, list[Tensor]] = {key: [] for key in self.KEYS}
+        self._outputs: int | None = None
+
+    def maps(self, x: Tensor, present: Tensor) -> Tensor:
+        """``(B, C, H, W)`` maps in ``[0, 1]`` of the classes marked in ``present`` (others 0)."""
+        from heatmaps.metrics import normalise_maps
+
+        if self._outputs is None:
+            with torch.no_grad():
+                self._outputs = self.backend.model(x[:1]).shape[1]
+        outputs = self._outputs
+        # a classifier with a background output neuron has C + 1 outputs: never explain it
+        targets = torch.cat([present, present.new_zeros(len(x), outputs - present.shape[1])], 1)
+        maps = self.backend(x, targets, create_graph=False).detach()[:, : self.num_classes]
+        return maps if self.backend.name == "explainer" else normalise_maps(maps, how="max")
+
+    def update(self, x: Tensor, labels: Tensor, target: Tensor) -> None:
+        from heatmaps.metrics import (
+            continuous_iou,
+            discrete_iou,
+            mask_auc,
+            mask_f1,
+            saliency_metric,
+        )
+
+        from .losses import IGNORE_INDEX
+        from .objectives import class_masks
+
+        keep = (target != IGNORE_INDEX).flatten(1).any(1) & (labels > 0.5).any(1)
+        if not bool(keep.any()):
+            return
+        x, labels, target = x[keep], labels[keep], target[keep].to(x.device)
+        present = labels.to(x.device) > 0.5
+        maps = self.maps(x, present)
+        truth = class_masks(target, self.num_classes)
+        t = self.threshold
+        self.values["mask_f1"].append(mask_f1(maps, truth, t)[present].cpu())
+        self.values["discrete_iou"].append(discrete_iou(maps, truth, t)[present].cpu())
+        self.values["continuous_iou"].append(continuous_iou(maps, truth)[present].cpu())
+        self.values["auc"].append(mask_auc(maps, truth)[present].cpu())
+        image, cls = present.nonzero(as_tuple=True)
+        saliency = saliency_metric(
+            self.backend.model,
+            x[image],
+            maps[image, cls],
+            cls,
+            variant=self.saliency_variant,
+            threshold=t,
+            activation="sigmoid",
+        )
+        self.values["saliency"].append(saliency.cpu())
+
+    def compute(self) -> dict:
+        result: dict = {
+            "method": self.backend.name,
+            "maps": "masks as they are"
+            if self.backend.name == "explainer"
+            else "normalise_maps(how='max')",
+            "threshold": self.threshold,
+            "saliency_variant": self.saliency_variant,
+        }
+        pairs = torch.cat(self.values["mask_f1"]) if self.values["mask_f1"] else torch.zeros(0)
+        result["pairs"] = len(pairs)
+        for key in self.KEYS:
+            values = torch.cat(self.values[key]) if self.values[key] else torch.zeros(0)
+            mean = values.double().nanmean() if len(values) else torch.tensor(float("nan"))
+            result[key] = None if mean.isnan() else float(mean)
+        return result
 
 
 def evaluate(args: argparse.Namespace) -> dict:
@@ -73,6 +243,12 @@ def evaluate(args: argparse.Namespace) -> dict:
         model.gating = gating
     dataset = build_dataset(config["data"], args.split, **dataset_options(config, args.split))
     metrics = SegmentationMetrics(state["num_classes"], list(state["classes"]))
+    explanation = None
+    if args.explanation_metrics or args.explain_method:
+        if args.composite is not None:
+            config["composite"] = args.composite
+        backend = explanation_backend(model, config, args.explain_method)
+        explanation = ExplanationMetrics(backend, state["num_classes"], args.saliency_variant)
     loader = DataLoader(dataset, batch_size=args.batch_size)
     for batch in tqdm(loader, desc=f"evaluate {args.split}", disable=not args.progress):
         x = batch["image"].to(device)
@@ -82,7 +258,11 @@ def evaluate(args: argparse.Namespace) -> dict:
         metrics.update(
             out.seg_logits.argmax(1).cpu(), batch["mask"], out.logits.cpu(), batch["labels"]
         )
+        if explanation is not None:
+            explanation.update(x, batch["labels"], batch["mask"])
     result = metrics.compute()
+    if explanation is not None:
+        result["explanation"] = explanation.compute()
     result.update({"checkpoint": str(args.checkpoint), "split": args.split, "images": len(dataset)})
     if args.json:
         atomic_write_text(args.json, json.dumps(result, indent=2) + "\n")

@@ -124,11 +124,25 @@ def build_segmenter(config: dict, num_classes: int) -> nn.Module:
         raise ValueError(f"--model: expected heatmap, unet or mt-unet, got {kind!r}")
     method = config["method"]
     check_support(method, config["arch"])
+    # --- explainer (paper 1b): frozen classifier + Explainer network, see rrr.explainer_segmenter
+    if method == "explainer":
+        from .explainer_segmenter import ExplainerSegmenter
+
+        if config.get("background", "constant") != "constant":
+            raise ValueError("--background neuron does not apply to --method explainer")
+        return ExplainerSegmenter(
+            build_classifier(config["arch"], num_classes, config["weights"]),
+            config.get("explainer", "deeplabv3_resnet50"),
+            num_classes,
+            gating=config["gating"],
+            threshold=config["threshold"],
+        )
+    # --- end explainer
     outputs = num_classes + (1 if config["background"] == "neuron" else 0)
     classifier = build_classifier(config["arch"], outputs, config["weights"])
     options: dict = {}
     if method == "lrp":
-        options = {"composite": config["composite"]}
+        options = {"composite": config["composite"], "relevance": config.get("relevance", "logit")}
         if config["composite"] == "epsilon":
             options["epsilon"] = config["epsilon"]
     if method not in heatmaps.available():

@@ -40,6 +40,7 @@ from .data import (
     dataset_labels,
 )
 from .evaluation import SegmentationMetrics
+from .explainer_segmenter import ExplainerSegmenter
 from .models import build_segmenter
 from .objectives import classification_loss, segmentation_loss
 from .segmenter import freeze_batchnorm
@@ -248,6 +249,12 @@ class Trainer:
                     f"--resume: --{key.replace('_', '-')} {self.config.get(key)} differs from the "
                     f"run in {self.out} ({saved.get(key)})"
                 )
+        explainer = self.config.get("explainer")  # --method explainer: its network must match too
+        if self.config["method"] == "explainer" and saved.get("explainer") != explainer:
+            raise ValueError(
+                f"--resume: --explainer {self.config['explainer']} differs from the run in "
+                f"{self.out} ({saved.get('explainer')})"
+            )
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.epoch, self.batch_in_epoch = state["epoch"], state["batch_in_epoch"]
@@ -313,6 +320,10 @@ class Trainer:
             out = self.model(x, present, classify_only=True)
             terms["cls"] = classification_loss(out.logits, labels)
             loss = terms["cls"]
+        elif isinstance(self.model, ExplainerSegmenter):  # --method explainer: stage 2
+            loss, terms = self.model.objective(
+                x, labels, target, has_mask, c["loss"], c["seg_weight"]
+            )
         else:
             out = self.model(x, present & has_mask[:, None])
             loss = torch.zeros((), device=self.device)
@@ -336,7 +347,9 @@ class Trainer:
     def _train_mode(self) -> None:
         self.model.train()
         if self.config["freeze_bn"]:
-            freeze_batchnorm(self.model)
+            # --method explainer: only the classifier's statistics; the Explainer is trained from scratch
+            explainer = isinstance(self.model, ExplainerSegmenter)
+            freeze_batchnorm(self.model.classifier if explainer else self.model)
 
     def run(self) -> dict[str, Any]:
         c = self.config

@@ -10,6 +10,7 @@ import heatmaps
 
 BACKENDS: dict[str, Callable[[nn.Module], heatmaps.Heatmap]] = {
     "lrp-epsilon": lambda m: heatmaps.LRPHeatmap(m, composite="epsilon"),
+    "lrp-epsilon-logit": lambda m: heatmaps.LRPHeatmap(m, composite="epsilon", relevance="logit"),
     "lrp-epsilon_plus_flat": lambda m: heatmaps.LRPHeatmap(m, composite="epsilon_plus_flat"),
     "lrp-epsilon_gamma_box": lambda m: heatmaps.LRPHeatmap(m, composite="epsilon_gamma_box"),
     "lrp-epsilon_alpha2_beta1": lambda m: heatmaps.LRPHeatmap(m, composite="epsilon_alpha2_beta1"),

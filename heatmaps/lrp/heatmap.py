@@ -33,7 +33,7 @@ class LRPHeatmap(Heatmap):
     """Layer-wise relevance propagation maps, differentiable w.r.t. the parameters.
 
     The relevance of output class ``c`` starts as the one-hot vector ``e_c``
-    at the logits (zennit's convention) and is propagated to the input by the
+    at the logits (zennit's convention; or ``y_c e_c``, see ``relevance``) and is propagated to the input by the
     rules of ``composite``; the map is the input relevance summed over colour
     channels. With ``create_graph=True`` the map is an exactly differentiable
     function of every parameter, BatchNorm affine parameters included.
@@ -51,6 +51,13 @@ class LRPHeatmap(Heatmap):
             ``"sum"`` (relevance is conserved), ``"abs_sum"`` or ``"max_abs"``.
         batched: compute the ``K`` maps of one call in one vectorised backward
             (``True``) or one backward per class on the shared forward.
+        relevance: output relevance of class ``c``: ``"one_hot"`` (``e_c``,
+            zennit's convention) or ``"logit"`` (``y_c e_c``, the convention of
+            Bach et al. 2015, where the relevance sums to the logit). The
+            logit form is much better conditioned for training: with ``e_c``
+            the last layer divides by ``y_c``, so maps and their parameter
+            gradients blow up wherever a logit crosses zero. The logit is kept
+            in the graph, so the maps stay exactly differentiable.
         **composite_kwargs: passed to the named composite (e.g. ``epsilon=1e-8``).
 
     The hooks live only for the duration of a call; nothing is left on the model.
@@ -65,9 +72,13 @@ class LRPHeatmap(Heatmap):
         canonizers: str | Sequence[Canonizer] = "auto",
         channel_reduction: str = "sum",
         batched: bool = True,
+        relevance: str = "one_hot",
         **composite_kwargs: Any,
     ) -> None:
         super().__init__(model)
+        if relevance not in ("one_hot", "logit"):
+            raise ValueError(f"relevance: expected 'one_hot' or 'logit', got {relevance!r}")
+        self.relevance = relevance
         self.composite = make_composite(composite, **composite_kwargs)
         self.composite_name = composite if isinstance(composite, str) else type(composite).__name__
         if isinstance(canonizers, str):
@@ -122,6 +133,8 @@ class LRPHeatmap(Heatmap):
         state = self._state
         assert state is not None, "LRPHeatmap._attribute runs only inside _attached()"
         grad_outputs = one_hot_grad_outputs(logits, index)
+        if self.relevance == "logit":
+            grad_outputs = grad_outputs * (logits if create_graph else logits.detach())[None]
         state.active, state.create_graph = True, create_graph
         try:
             relevance = batched_input_grad(logits, x, grad_outputs, create_graph, self.batched)
