@@ -344,9 +344,15 @@ class Trainer:
         self.optimizer.step()
         return {"loss": loss.item(), **{k: v.item() for k, v in terms.items()}}
 
-    def _train_mode(self) -> None:
+    def _train_mode(self, phase: str) -> None:
+        """Train mode; in the heatmap stage BatchNorm statistics stay frozen (``--freeze-bn``).
+
+        Classification pre-training updates them as usual (a classifier trained
+        from scratch needs them); heatmap batches are small and LRP canonizers
+        need fixed statistics.
+        """
         self.model.train()
-        if self.config["freeze_bn"]:
+        if self.config["freeze_bn"] and phase == "finetune":
             # --method explainer: only the classifier's statistics; the Explainer is trained from scratch
             explainer = isinstance(self.model, ExplainerSegmenter)
             freeze_batchnorm(self.model.classifier if explainer else self.model)
@@ -367,7 +373,7 @@ class Trainer:
                 num_workers=c["workers"],
                 persistent_workers=False,
             )
-            self._train_mode()
+            self._train_mode(phase)
             sums: dict[str, float] = {}
             seen = 0
             bar = tqdm(
@@ -440,7 +446,7 @@ class Trainer:
             result["val_miou_true_gating"] = oracle.compute()["miou"]
         if drawn and phase == "finetune":
             self._draw(drawn[: self.config["overlays"]], epoch)
-        self._train_mode()
+        self._train_mode(phase)
         return result
 
     def _draw(self, items: list, epoch: int) -> None:
