@@ -134,6 +134,10 @@ class Heatmap(nn.Module):
 
     #: name under which the backend is registered (see :mod:`heatmaps.registry`)
     name: str = "base"
+    #: whether the maps are gradients w.r.t. the input (then the input is made to require
+    #: grad for the call); layer-based backends set this to ``False`` and save the input
+    #: gradient of the first layer
+    needs_input_grad: bool = True
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
@@ -154,7 +158,11 @@ class Heatmap(nn.Module):
         """One forward pass: logits, maps and the resolved ``(B, K)`` targets."""
         x = check_input(x)
         with preserved_state(self.model), self._attached(x):
-            x_in = x if x.requires_grad else x.detach().requires_grad_(True)
+            frozen = not any(p.requires_grad for p in self.model.parameters())
+            if x.requires_grad or not (self.needs_input_grad or frozen):
+                x_in = x
+            else:
+                x_in = x.detach().requires_grad_(True)
             with torch.enable_grad():
                 logits = check_logits(self.model(x_in), x.shape[0])
                 resolved = resolve_targets(targets, logits)

@@ -83,6 +83,7 @@ class GradCAMHeatmap(Heatmap):
     """
 
     name = "gradcam"
+    needs_input_grad = False
 
     def __init__(
         self,
