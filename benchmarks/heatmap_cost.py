@@ -41,7 +41,8 @@ import heatmaps  # noqa: E402
 def build_cases(arch: str, batch: int, size: int, device: torch.device, zennit: bool = True):
     torch.manual_seed(0)
     model = torchvision.models.get_model(arch, weights=None, num_classes=10).to(device).eval()
-    optimizer = torch.optim.SGD(model.parameters(), lr=1e-4)
+    # lr 0: every case runs a full optimizer step, but the shared weights never drift (or diverge)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
     x = torch.rand(batch, 3, size, size, device=device)
     y = torch.randint(10, (batch,), device=device)
 

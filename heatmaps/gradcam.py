@@ -140,6 +140,8 @@ class GradCAMHeatmap(Heatmap):
         """A linear layer ``W`` with ``logits == W mean(A) + b`` on this batch, if any."""
         if self.closed_form is False or activations.ndim != 4:
             return None
+        if not bool(torch.isfinite(logits).all()):
+            return None  # nothing to verify the head against; captum handles the general case
         channels, num_classes = activations.shape[1], logits.shape[1]
         pooled = activations.detach().mean(dim=(2, 3))
         candidates = [self._head] if self._head is not None else []

@@ -93,6 +93,13 @@ def broadcast_parameters(model: nn.Module) -> None:
             dist.broadcast(tensor, src=0)
 
 
+def broadcast_buffers(model: nn.Module) -> None:
+    """Copy rank 0's buffers (BatchNorm statistics) to every process."""
+    with torch.no_grad():
+        for buffer in model.buffers():
+            dist.broadcast(buffer, src=0)
+
+
 def average_gradients(model: nn.Module, world_size: int) -> None:
     """Average parameter gradients over processes with one all-reduce.
 
@@ -411,6 +418,8 @@ class Trainer:
         if self.dist.main and not skipped:
             record.update(self.validate(epoch, phase))
         if self.dist.active:
+            # BatchNorm statistics of a train-mode epoch are per process: keep rank 0's
+            broadcast_buffers(self.model)
             dist.barrier()
         self.history.append(record)
         if self.dist.main:
