@@ -96,9 +96,8 @@ def build_classifier(arch: str, num_outputs: int, weights: str | None = None) ->
         if isinstance(state, dict) and "state_dict" in state:
             state = state["state_dict"]
         _, _, head = _head_slot(model)
-        head_keys = {
-            k for k, v in model.state_dict().items() if any(v is p for p in head.parameters())
-        }
+        head_name = next(name for name, module in model.named_modules() if module is head)
+        head_keys = {f"{head_name}.{key}" for key, _ in head.named_parameters()}
         own = model.state_dict()
         mismatched = {k for k, v in state.items() if k in own and own[k].shape != v.shape}
         if mismatched - head_keys:

@@ -360,9 +360,7 @@ class Trainer:
         """
         self.model.train()
         if self.config["freeze_bn"] and phase == "finetune":
-            # --method explainer: only the classifier's statistics; the Explainer is trained from scratch
-            explainer = isinstance(self.model, ExplainerSegmenter)
-            freeze_batchnorm(self.model.classifier if explainer else self.model)
+            freeze_batchnorm(self.model)
 
     def run(self) -> dict[str, Any]:
         c = self.config

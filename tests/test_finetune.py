@@ -267,3 +267,21 @@ def test_existing_run_is_never_overwritten(tmp_path, capsys):
     assert (out / "checkpoint.pt").read_bytes() == before
     assert run(tmp_path / "fresh", "--resume") == 2
     assert "no checkpoint" in _error_line(capsys)
+
+
+def test_weights_from_a_local_state_dict_with_another_head(tmp_path):
+    """--weights PATH: a state dict of the same architecture with any head size loads."""
+    import torchvision
+
+    from rrr.models import build_classifier
+
+    source = torchvision.models.resnet18(num_classes=7)
+    path = tmp_path / "r18.pt"
+    torch.save(source.state_dict(), path)
+    model = build_classifier("resnet18", 10, str(path))
+    assert torch.equal(model.conv1.weight, source.conv1.weight)
+    assert model.fc.out_features == 10
+    bad = tmp_path / "bad.pt"
+    torch.save(torchvision.models.resnet34().state_dict(), bad)
+    with pytest.raises(ValueError, match="bad.pt"):
+        build_classifier("resnet18", 10, str(bad))
