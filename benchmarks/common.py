@@ -13,6 +13,7 @@ its ratios comparable across machines.
 
 from __future__ import annotations
 
+import argparse
 import platform
 import time
 from collections.abc import Callable
@@ -96,3 +97,12 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
+
+
+def add_benchmark_options(parser: argparse.ArgumentParser) -> None:
+    """The options every benchmark script shares: architectures, batch, size, repeats, device."""
+    parser.add_argument("--archs", default="resnet18,resnet50")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", default="auto")

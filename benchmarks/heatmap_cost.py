@@ -28,6 +28,7 @@ import torchvision
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
+    add_benchmark_options,
     environment,
     interleaved_min_times,
     markdown_table,
@@ -134,11 +135,7 @@ def table(results: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--archs", default="resnet18,resnet50")
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--size", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--device", default="auto")
+    add_benchmark_options(parser)
     parser.add_argument("--json", default=None, help="also write the results here")
     args = parser.parse_args()
     device = resolve_device(args.device)

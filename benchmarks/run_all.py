@@ -24,7 +24,13 @@ import torchvision
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from common import environment, interleaved_min_times, markdown_table, resolve_device  # noqa: E402
+from common import (
+    add_benchmark_options,
+    environment,
+    interleaved_min_times,
+    markdown_table,
+    resolve_device,
+)  # noqa: E402
 from heatmap_cost import run as run_heatmap_cost  # noqa: E402
 from heatmap_cost import table as heatmap_cost_table  # noqa: E402
 
@@ -71,11 +77,7 @@ def replace_block(text: str, name: str, block: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--archs", default="resnet18,resnet50")
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--size", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--device", default="auto")
+    add_benchmark_options(parser)
     parser.add_argument("--docs", default=str(HERE.parent / "docs" / "benchmarks.md"))
     parser.add_argument("--json", default=str(HERE / "results.json"))
     args = parser.parse_args()
