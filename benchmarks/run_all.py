@@ -24,13 +24,13 @@ import torchvision
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from common import (
+from common import (  # noqa: E402
     add_benchmark_options,
     environment,
     interleaved_min_times,
     markdown_table,
     resolve_device,
-)  # noqa: E402
+)
 from heatmap_cost import run as run_heatmap_cost  # noqa: E402
 from heatmap_cost import table as heatmap_cost_table  # noqa: E402
 
