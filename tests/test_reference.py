@@ -16,6 +16,8 @@ from captum.attr import (
 from conftest import SmallResNet, randomize_batchnorm
 from zennit.attribution import Gradient
 from zennit.canonizers import SequentialMergeBatchNorm
+from zennit.layer import Sum
+from zennit.rules import AlphaBeta, ZPlus
 from zennit.torchvision import ResNetCanonizer
 
 import heatmaps
@@ -47,6 +49,35 @@ def test_lrp_equals_zennit_on_resnet18(composite, bn_eps, tolerance):
     ours = heatmaps.LRPHeatmap(model, composite=composite)(x, targets)[:, 0]
     reference = zennit_maps(model, composite, ResNetCanonizer(), x, targets)
     assert relative_error(ours, reference) <= tolerance
+
+
+@pytest.mark.parametrize("composite", ["epsilon", "epsilon_plus_flat"])
+def test_lrp_equals_zennit_on_resnet50_bottlenecks(composite):
+    # the residual additions are ResidualSum modules here, stacked tensors in zennit
+    torch.manual_seed(0)
+    model = randomize_batchnorm(torchvision.models.resnet50(num_classes=3), eps=0.0)
+    model = model.double().eval()
+    x = torch.rand(1, 3, 32, 32, dtype=torch.float64)
+    ours = heatmaps.LRPHeatmap(model, composite=composite)(x, 2)[:, 0]
+    reference = zennit_maps(model, composite, ResNetCanonizer(), x, torch.tensor([2]))
+    assert relative_error(ours, reference) <= 1e-6
+
+
+@pytest.mark.parametrize("sum_rule", [ZPlus, AlphaBeta])
+def test_other_rules_on_residual_sums_equal_zennit(sum_rule):
+    # a rule that is not a modified gradient sees the stacked summands, as in zennit
+    torch.manual_seed(0)
+    model = randomize_batchnorm(torchvision.models.resnet18(num_classes=5), eps=0.0)
+    model = model.double().eval()
+    x = torch.rand(2, 3, 32, 32, dtype=torch.float64)
+
+    def composite(canonizers):
+        return make_composite("epsilon", layer_map=[(Sum, sum_rule())], canonizers=canonizers)
+
+    ours = heatmaps.LRPHeatmap(model, composite=composite([ResNetCanonizer()]))(x, 1)[:, 0]
+    with Gradient(model, composite([ResNetCanonizer()])) as attributor:
+        _, relevance = attributor(x, torch.eye(5, dtype=x.dtype)[[1, 1]])
+    assert relative_error(ours, relevance.sum(1)) <= 1e-6
 
 
 @pytest.mark.parametrize("composite", COMPOSITES)

@@ -6,13 +6,15 @@ import contextlib
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 from zennit.canonizers import Canonizer
 from zennit.core import Composite
+from zennit.layer import Sum
 
 from ..base import Heatmap, batched_input_grad, one_hot_grad_outputs, reduce_channels
 from .canonizers import (
-    FunctionalMergeBatchNorm,
+    ResidualSum,
     _identity,
     auto_canonizers,
     translate_canonizers,
@@ -105,19 +107,11 @@ class LRPHeatmap(Heatmap):
         try:
             for canonizer in self._canonizers:
                 applied += canonizer.apply(self.model)
-            merged = {
-                linear: merge
-                for merge in applied
-                if isinstance(merge, FunctionalMergeBatchNorm)
-                for linear in merge.linears
-            }
             ctx: dict = {}
             for name, module in self.model.named_modules():
                 rule = self.composite.module_map(ctx, name, module)
                 if rule is None:
                     continue
-                if module in merged and rule_kind(rule) == "basic":
-                    merged[module].materialize(module)
                 handles += _register_rule(module, rule, state)
             self._state = state
             yield
@@ -159,6 +153,8 @@ def _register_rule(module: nn.Module, rule: object, state: GateState) -> list[An
     kind = rule_kind(rule)
     if kind == "pass" and (module.__dict__.get("forward") is _identity or type(module) is nn.ReLU):
         return []
+    if isinstance(module, ResidualSum):
+        return _register_residual_sum(module, rule, kind, state)
     inplace = bool(getattr(module, "inplace", False))
     stash: list[Tensor] = []
 
@@ -193,6 +189,39 @@ def _register_rule(module: nn.Module, rule: object, state: GateState) -> list[An
                 return RuleGate.apply(stash.pop(), out, state, rule, mod)
 
     return [module.register_forward_pre_hook(pre), module.register_forward_hook(post)]
+
+
+def _register_residual_sum(
+    module: ResidualSum, rule: object, kind: str, state: GateState
+) -> list[Any]:
+    """Gates for the two-input residual addition ``a + b``.
+
+    * modified-gradient rules (``Norm``, the rule every zennit composite gives
+      sums): an input gate on each summand and an output gate on the sum,
+      i.e. ``R_a = a R / stab(a + b)`` and likewise for ``b``;
+    * ``Pass``: no gate (the ordinary gradient hands ``R`` to both summands);
+    * any other rule sees the stacked summands ``(..., 2)`` through zennit's
+      ``Sum`` module, as with zennit's own canonizer.
+    """
+    if kind == "pass":
+        return []
+    if kind == "gradient":
+        epsilon = plain_epsilon(rule)
+
+        def pre(mod: nn.Module, args: tuple) -> tuple:
+            return tuple(InputGate.apply(a, state, rule) for a in args)
+
+        def post(mod: nn.Module, args: tuple, out: Tensor) -> Tensor:
+            return OutputGate.apply(out, state, rule, epsilon)
+
+        return [module.register_forward_pre_hook(pre), module.register_forward_hook(post)]
+
+    stacked_sum = Sum()
+
+    def post_basic(mod: nn.Module, args: tuple, out: Tensor) -> Tensor:
+        return RuleGate.apply(torch.stack(args, dim=-1), out, state, rule, stacked_sum)
+
+    return [module.register_forward_hook(post_basic)]
 
 
 __all__ = ["LRPHeatmap"]
