@@ -101,9 +101,7 @@ def plain_epsilon(rule: BasicHook) -> float | None:
     """The epsilon of an ``Epsilon``/``Norm`` rule whose stabiliser is zennit's default form.
 
     That form is ``stab(z) = z + eps * (sign(z) + [z == 0])``: a shift that is
-    piecewise constant in ``z``. It is computed once in the forward pass
-    without a graph (its derivative is zero almost everywhere), leaving only
-    ``R / (z + shift)`` to be recorded for the double backward.
+    piecewise constant in ``z``, so its derivative is zero almost everywhere.
     """
     for cell in rule.gradient_mapper.__closure__ or ():
         value = cell.cell_contents
@@ -112,30 +110,46 @@ def plain_epsilon(rule: BasicHook) -> float | None:
     return None
 
 
+def stabilised_inverse(z: Tensor, epsilon: float) -> Tensor:
+    """``1 / (z + eps * (sign(z) + [z == 0]))``, recorded as a function of ``z`` only.
+
+    The shift (``+eps`` where ``z >= 0``, ``-eps`` elsewhere) is computed
+    without a graph; the result is then an ordinary autograd function of ``z``
+    (an addition and a reciprocal). Computing it once in the forward pass means
+    the differentiable relevance pass records one product per layer instead of
+    an addition and a division, and the output gate keeps one tensor instead of
+    ``z`` and the shift.
+    """
+    with torch.no_grad():
+        eps = z.new_tensor(epsilon)
+        shift = torch.where(z >= 0, eps, -eps)
+    return (z + shift).reciprocal()
+
+
 class OutputGate(Function):
-    """Identity forward; backward maps the output relevance by the rule's gradient mapper."""
+    """Identity forward on ``z``; backward maps the output relevance by the rule's gradient mapper.
+
+    With ``inverse`` (from :func:`stabilised_inverse`) the mapping is the
+    product ``R * inverse``, differentiable through ``inverse``; without it the
+    rule's own ``gradient_mapper`` is called on the saved ``z``.
+    """
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx, z: Tensor, state: GateState, rule: BasicHook, epsilon: float | None
+        ctx, z: Tensor, inverse: Tensor | None, state: GateState, rule: BasicHook
     ) -> Tensor:
         ctx.state, ctx.rule = state, rule
-        if epsilon is None:
-            ctx.save_for_backward(z, None)
-        else:
-            # eps * (sign(z) + [z == 0]) in one pass: +eps where z >= 0, -eps elsewhere
-            shift = torch.where(z >= 0, epsilon, -epsilon).to(z.dtype)
-            ctx.save_for_backward(z, shift)
+        ctx.save_for_backward(z if inverse is None else None, inverse)
         return z.clone()
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # type: ignore[override]
         if not ctx.state.active:
             return grad, None, None, None
-        z, shift = ctx.saved_tensors
-        if shift is None:
+        z, inverse = ctx.saved_tensors
+        if inverse is None:
             return _first(ctx.rule.gradient_mapper(grad, [z])), None, None, None
-        return grad / (z + shift), None, None, None
+        return grad * inverse, None, None, None
 
 
 class PassGate(Function):

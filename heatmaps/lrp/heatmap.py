@@ -28,6 +28,7 @@ from .gates import (
     RuleGate,
     plain_epsilon,
     rule_kind,
+    stabilised_inverse,
 )
 
 
@@ -167,7 +168,8 @@ def _register_rule(module: nn.Module, rule: object, state: GateState) -> list[An
             return (gated.clone() if inplace else gated, *args[1:])
 
         def post(mod: nn.Module, args: tuple, out: Tensor) -> Tensor:
-            return OutputGate.apply(out, state, rule, epsilon)
+            inverse = None if epsilon is None else stabilised_inverse(out, epsilon)
+            return OutputGate.apply(out, inverse, state, rule)
 
     else:
 
@@ -212,7 +214,8 @@ def _register_residual_sum(
             return tuple(InputGate.apply(a, state, rule) for a in args)
 
         def post(mod: nn.Module, args: tuple, out: Tensor) -> Tensor:
-            return OutputGate.apply(out, state, rule, epsilon)
+            inverse = None if epsilon is None else stabilised_inverse(out, epsilon)
+            return OutputGate.apply(out, inverse, state, rule)
 
         return [module.register_forward_pre_hook(pre), module.register_forward_hook(post)]
 
