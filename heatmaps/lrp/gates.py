@@ -140,6 +140,12 @@ class OutputGate(Function):
     ) -> Tensor:
         ctx.state, ctx.rule = state, rule
         ctx.save_for_backward(z if inverse is None else None, inverse)
+        if inverse is not None and z.grad_fn is not None and z._base is None:
+            # nothing saved z itself (the inverse was computed from it, and a convolution or
+            # linear layer keeps its input, not its output): hand the same tensor on as
+            # "modified" instead of copying it, so a following in-place ReLU may write it
+            ctx.mark_dirty(z)
+            return z
         return z.clone()
 
     @staticmethod
