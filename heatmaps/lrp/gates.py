@@ -131,16 +131,23 @@ class OutputGate(Function):
 
     With ``inverse`` (from :func:`stabilised_inverse`) the mapping is the
     product ``R * inverse``, differentiable through ``inverse``; without it the
-    rule's own ``gradient_mapper`` is called on the saved ``z``.
+    rule's own ``gradient_mapper`` is called on the saved ``z``. ``reuse``
+    says that ``z`` is a fresh output of the layer (not one of its inputs), so
+    it may be handed on without a copy.
     """
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx, z: Tensor, inverse: Tensor | None, state: GateState, rule: BasicHook
+        ctx,
+        z: Tensor,
+        inverse: Tensor | None,
+        state: GateState,
+        rule: BasicHook,
+        reuse: bool = False,
     ) -> Tensor:
         ctx.state, ctx.rule = state, rule
         ctx.save_for_backward(z if inverse is None else None, inverse)
-        if inverse is not None and z.grad_fn is not None and z._base is None:
+        if reuse and inverse is not None and z.grad_fn is not None and z._base is None:
             # nothing saved z itself (the inverse was computed from it, and a convolution or
             # linear layer keeps its input, not its output): hand the same tensor on as
             # "modified" instead of copying it, so a following in-place ReLU may write it
@@ -151,11 +158,11 @@ class OutputGate(Function):
     @staticmethod
     def backward(ctx, grad: Tensor):  # type: ignore[override]
         if not ctx.state.active:
-            return grad, None, None, None
+            return grad, None, None, None, None
         z, inverse = ctx.saved_tensors
         if inverse is None:
-            return _first(ctx.rule.gradient_mapper(grad, [z])), None, None, None
-        return grad * inverse, None, None, None
+            return _first(ctx.rule.gradient_mapper(grad, [z])), None, None, None, None
+        return grad * inverse, None, None, None, None
 
 
 class PassGate(Function):

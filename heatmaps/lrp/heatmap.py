@@ -169,7 +169,8 @@ def _register_rule(module: nn.Module, rule: object, state: GateState) -> list[An
 
         def post(mod: nn.Module, args: tuple, out: Tensor) -> Tensor:
             inverse = None if epsilon is None else stabilised_inverse(out, epsilon)
-            return OutputGate.apply(out, inverse, state, rule)
+            reuse = all(out is not a for a in args)
+            return OutputGate.apply(out, inverse, state, rule, reuse)
 
     else:
 
@@ -215,7 +216,8 @@ def _register_residual_sum(
 
         def post(mod: nn.Module, args: tuple, out: Tensor) -> Tensor:
             inverse = None if epsilon is None else stabilised_inverse(out, epsilon)
-            return OutputGate.apply(out, inverse, state, rule)
+            reuse = all(out is not a for a in args)
+            return OutputGate.apply(out, inverse, state, rule, reuse)
 
         return [module.register_forward_pre_hook(pre), module.register_forward_hook(post)]
 
