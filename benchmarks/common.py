@@ -8,13 +8,18 @@ Memory is the peak of bytes held by tensors autograd saved for backward during
 one step (distinct storages, counted with ``torch.autograd.graph.saved_tensors_hooks``),
 plus the parameter gradients; on CUDA also ``torch.cuda.max_memory_allocated``.
 The saved-tensor count is deterministic and device independent, which makes
-its ratios comparable across machines.
+its ratios comparable across machines. :func:`peak_rss_bytes` measures the
+real peak of the process on the CPU instead (the increase of the resident set
+during one call), for comparisons where what autograd saves is not the whole
+story (activation checkpointing, see ``checkpoint_memory.py``).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import platform
+import sys
 import time
 from collections.abc import Callable
 
@@ -67,6 +72,61 @@ def cuda_peak_bytes(fn: Callable[[], object], device: torch.device) -> int | Non
     fn()
     torch.cuda.synchronize(device)
     return torch.cuda.max_memory_allocated(device)
+
+
+def _status_bytes(field: str) -> int:
+    """A ``kB`` field of ``/proc/self/status`` (``VmRSS``, ``VmHWM``) in bytes."""
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"/proc/self/status has no {field} field")
+
+
+#: glibc returns freed blocks of at least this many bytes to the OS at once, so the
+#: resident set falls back between steps and the next step's peak starts from there
+MALLOC_MMAP_THRESHOLD = "65536"
+
+
+def ensure_malloc_mmap_threshold() -> None:
+    """Re-execute the running script with ``MALLOC_MMAP_THRESHOLD_`` set, unless it is.
+
+    glibc reads the variable at process start only; without it, freed memory of
+    one step can stay in the heap and the next step's peak RSS increase is
+    under-counted. Call it first thing in ``main()`` of a script that uses
+    :func:`peak_rss_bytes`.
+    """
+    if os.environ.get("MALLOC_MMAP_THRESHOLD_") is None:
+        env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": MALLOC_MMAP_THRESHOLD}
+        os.execve(sys.executable, [sys.executable, *sys.argv], env)
+
+
+def peak_rss_bytes(fn: Callable[[], object]) -> int:
+    """Peak increase of the process's resident set while ``fn`` runs (Linux).
+
+    Runs ``fn`` once as a warm-up, resets the high-water mark (``VmHWM``, by
+    writing ``5`` to ``/proc/self/clear_refs``), reads ``VmRSS``, runs ``fn``
+    again and returns ``VmHWM - VmRSS`` before the call. Needs
+    ``MALLOC_MMAP_THRESHOLD_`` in the environment at process start (see
+    :func:`ensure_malloc_mmap_threshold`).
+    """
+    fn()
+    with open("/proc/self/clear_refs", "w") as handle:
+        handle.write("5")
+    before = _status_bytes("VmRSS")
+    fn()
+    return _status_bytes("VmHWM") - before
+
+
+def cuda_peak_increase_bytes(fn: Callable[[], object], device: torch.device) -> int:
+    """Peak increase of ``torch.cuda.max_memory_allocated`` during ``fn`` (after a warm-up)."""
+    fn()
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    before = torch.cuda.memory_allocated(device)
+    fn()
+    torch.cuda.synchronize(device)
+    return torch.cuda.max_memory_allocated(device) - before
 
 
 def environment(device: torch.device) -> dict[str, object]:

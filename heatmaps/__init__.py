@@ -5,6 +5,7 @@
 """
 
 from .base import Explanation, Heatmap
+from .checkpointing import activation_checkpointing, default_checkpoint_modules, is_checkpointed
 from .explainer import ExplainerHeatmap
 from .gradcam import GradCAMHeatmap
 from .gradients import (
@@ -26,8 +27,11 @@ __all__ = [
     "LRPHeatmap",
     "SaliencyHeatmap",
     "SmoothGradHeatmap",
+    "activation_checkpointing",
     "available",
+    "default_checkpoint_modules",
     "get",
+    "is_checkpointed",
     "register",
 ]
 __version__ = "0.1.0"

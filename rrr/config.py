@@ -174,6 +174,12 @@ def finetune_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--no-freeze-bn", dest="freeze_bn", action="store_false", help="update BatchNorm statistics"
     )
+    parser.add_argument(
+        "--checkpoint-activations",
+        action="store_true",
+        help="recompute the encoder's activations in the backward pass instead of keeping "
+        "them (less memory, one more forward pass; not with --method lrp)",
+    )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(

@@ -14,6 +14,7 @@ mode, on the CPU).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
@@ -31,6 +32,9 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from heatmaps.checkpointing import activation_checkpointing, default_checkpoint_modules
+
+from .baselines import UNetSegmenter
 from .checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
 from .data import (
     MixedBatchSampler,
@@ -161,6 +165,18 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def check_checkpointing_options(config: dict[str, Any]) -> None:
+    """Refuse ``--checkpoint-activations`` where it would give wrong gradients."""
+    if not config.get("checkpoint_activations", False):
+        return
+    if config["model"] == "heatmap" and config["method"] == "lrp":
+        raise ValueError(
+            "--checkpoint-activations does not support --method lrp: LRP attaches its rules "
+            "only during the heatmap call, so the recomputation in the backward pass would run "
+            "without them; use --method gradcam, or drop --checkpoint-activations"
+        )
+
+
 def shuffled_batches(
     n: int, batch_size: int, seed: int, epoch: int, rank: int = 0, world: int = 1
 ) -> list[list[int]]:
@@ -187,6 +203,7 @@ class Trainer:
                 f"--batch-size {config['batch_size']} must be divisible by the "
                 f"{self.dist.world_size} processes"
             )
+        check_checkpointing_options(config)
         if config["deterministic"]:
             torch.use_deterministic_algorithms(True)
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -207,6 +224,19 @@ class Trainer:
         self.unlabelled_indices = [i for i in range(len(self.train_set_full)) if i not in labelled]
 
         self.model = build_segmenter(config, self.num_classes).to(self.device)
+        # --checkpoint-activations: the encoder's stages, checked here so that an unsupported
+        # architecture stops the run before it trains
+        self.checkpoint_modules: list[str] | None = None
+        if config.get("checkpoint_activations", False):
+            try:
+                self.checkpoint_modules = default_checkpoint_modules(self.encoder)
+            except ValueError:
+                raise ValueError(
+                    f"--checkpoint-activations does not support --arch {config['arch']}"
+                    f"{' with --model ' + config['model'] if config['model'] != 'heatmap' else ''}: "
+                    f"no known stages in {type(self.encoder).__name__} (supported: ResNet-like "
+                    "models and models with a 'features' Sequential)"
+                ) from None
         self.optimizer = self._optimizer()
         self.epoch, self.batch_in_epoch, self.global_step = 0, 0, 0
         self.history: list[dict[str, Any]] = []
@@ -221,6 +251,25 @@ class Trainer:
             self.writer = SummaryWriter(self.out / "tensorboard", purge_step=self.global_step)
 
     # -- set-up -----------------------------------------------------------------------------
+    @property
+    def encoder(self) -> nn.Module:
+        """The network whose activations ``--checkpoint-activations`` recomputes.
+
+        The classifier of a heatmap or explainer segmenter, the encoder of a U-Net.
+        """
+        if isinstance(self.model, UNetSegmenter):
+            return self.model.net.encoder
+        return self.model.classifier
+
+    def activation_checkpointing(self) -> contextlib.AbstractContextManager:
+        """The encoder under :func:`~heatmaps.checkpointing.activation_checkpointing`, or a no-op.
+
+        A no-op context unless ``--checkpoint-activations`` is set.
+        """
+        if self.checkpoint_modules is None:
+            return contextlib.nullcontext()
+        return activation_checkpointing(self.encoder, self.checkpoint_modules)
+
     def _check_out_dir(self) -> None:
         checkpoint = self.out / "checkpoint.pt"
         if self.config["resume"]:
@@ -363,6 +412,16 @@ class Trainer:
             freeze_batchnorm(self.model)
 
     def run(self) -> dict[str, Any]:
+        """Train the remaining epochs; return the last epoch's record.
+
+        With ``--checkpoint-activations`` the encoder is checkpointed for the
+        whole run and restored at its end, also after an exception (the saved
+        ``state_dict`` is the same either way).
+        """
+        with self.activation_checkpointing():
+            return self._run()
+
+    def _run(self) -> dict[str, Any]:
         c = self.config
         for epoch in range(self.epoch, self.total_epochs):
             phase = self.phase(epoch)
