@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
+from conftest import assert_unchanged, snapshot
 from torch import nn
 
 import heatmaps
@@ -189,3 +190,14 @@ def test_trainer_restores_the_encoder_after_a_failed_run(tmp_path, monkeypatch):
         trainer.close()
     assert seen == [True]
     assert not is_checkpointed(trainer.model)
+
+
+def test_lrp_refuses_a_checkpointed_model_and_leaves_it_as_it_was():
+    model = torchvision.models.resnet18(num_classes=3).eval()
+    x = torch.rand(1, 3, 32, 32)
+    with activation_checkpointing(model):
+        before = snapshot(model)
+        with pytest.raises(RuntimeError, match="activation_checkpointing"):
+            heatmaps.LRPHeatmap(model)(x, 0)
+        assert_unchanged(before, snapshot(model))
+    assert heatmaps.LRPHeatmap(model)(x, 0).shape == (1, 1, 32, 32)

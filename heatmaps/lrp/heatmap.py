@@ -13,6 +13,7 @@ from zennit.core import Composite
 from zennit.layer import Sum
 
 from ..base import Heatmap, batched_input_grad, one_hot_grad_outputs, reduce_channels
+from ..checkpointing import is_checkpointed
 from .canonizers import (
     ResidualSum,
     _identity,
@@ -102,6 +103,12 @@ class LRPHeatmap(Heatmap):
 
     @contextlib.contextmanager
     def _attached(self, x: Tensor) -> Iterator[None]:
+        if is_checkpointed(self.model):
+            raise RuntimeError(
+                "LRPHeatmap: the model runs under heatmaps.activation_checkpointing; LRP attaches "
+                "its rules only for the duration of a call, so the recomputation in the final "
+                "backward pass would run without them (use checkpointing with Grad-CAM, or none)"
+            )
         state = GateState()
         handles: list[Any] = []
         applied: list[Canonizer] = []
