@@ -38,12 +38,11 @@ import torchvision
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
     add_benchmark_options,
-    cuda_peak_increase_bytes,
     ensure_malloc_mmap_threshold,
     environment,
     interleaved_min_times,
     markdown_table,
-    peak_rss_bytes,
+    peak_bytes,
     resolve_device,
 )
 
@@ -96,12 +95,6 @@ def build_steps(
         for name, fn in bodies.items()
         for ckpt in (False, True)
     }
-
-
-def peak_bytes(fn: Callable[[], object], device: torch.device) -> int:
-    if device.type == "cuda":
-        return cuda_peak_increase_bytes(fn, device)
-    return peak_rss_bytes(fn)
 
 
 def run(

@@ -129,6 +129,13 @@ def cuda_peak_increase_bytes(fn: Callable[[], object], device: torch.device) -> 
     return torch.cuda.max_memory_allocated(device) - before
 
 
+def peak_bytes(fn: Callable[[], object], device: torch.device) -> int:
+    """Peak memory increase of one call of ``fn``: allocated CUDA memory, or resident set on CPU."""
+    if device.type == "cuda":
+        return cuda_peak_increase_bytes(fn, device)
+    return peak_rss_bytes(fn)
+
+
 def environment(device: torch.device) -> dict[str, object]:
     info: dict[str, object] = {
         "torch": torch.__version__,

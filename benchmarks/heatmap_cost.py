@@ -5,8 +5,9 @@
 Runs every case side by side in one process (interleaved, minimum of
 ``--repeats``) and prints a markdown table of time ratios to one
 classification training step (forward, cross-entropy, backward, SGD step) of
-the same model and batch, plus the saved-tensor memory ratio of the training
-steps. Cases:
+the same model and batch, plus two memory ratios of the training steps: the
+peak memory increase of one step (resident set on CPU, allocated memory on
+CUDA) and the bytes of tensors autograd saves for backward. Cases:
 
 * ``zennit attributor``: zennit 0.5.1's own ``Gradient`` attributor (epsilon_plus_flat, ResNet canonizer), no graph;
 * ``LRPHeatmap, no graph``: our maps, same composite;
@@ -29,9 +30,11 @@ import torchvision
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
     add_benchmark_options,
+    ensure_malloc_mmap_threshold,
     environment,
     interleaved_min_times,
     markdown_table,
+    peak_bytes,
     resolve_device,
     saved_tensor_bytes,
 )
@@ -104,9 +107,12 @@ def run(archs: list[str], batch: int, size: int, repeats: int, device: torch.dev
         times = interleaved_min_times({**steps, **maps}, repeats, device)
         base = times["classification step"]
         memory = {name: saved_tensor_bytes(fn) for name, fn in steps.items()}
+        peak = {name: peak_bytes(fn, device) for name, fn in steps.items()}
         results["archs"][arch] = {
             "seconds": times,
             "ratio": {name: t / base for name, t in times.items()},
+            "peak_bytes": peak,
+            "peak_ratio": {k: v / peak["classification step"] for k, v in peak.items()},
             "saved_bytes": memory,
             "memory_ratio": {k: v / memory["classification step"] for k, v in memory.items()},
         }
@@ -121,15 +127,17 @@ def table(results: dict) -> str:
     archs = list(results["archs"])
     names = list(results["archs"][archs[0]]["ratio"])
     rows = []
+    kinds = ("time ratio", "peak memory ratio", "saved-tensor ratio")
     for name in names:
         row: list[object] = [name]
         for arch in archs:
             entry = results["archs"][arch]
             row.append(entry["ratio"].get(name, float("nan")))
-            mem = entry["memory_ratio"].get(name)
-            row.append("" if mem is None else mem)
+            for key in ("peak_ratio", "memory_ratio"):
+                value = entry[key].get(name)
+                row.append("" if value is None else value)
         rows.append(row)
-    header = ["case"] + [f"{a} {k}" for a in archs for k in ("time ratio", "memory ratio")]
+    header = ["case"] + [f"{a} {k}" for a in archs for k in kinds]
     return markdown_table(header, rows)
 
 
@@ -139,6 +147,8 @@ def main() -> None:
     parser.add_argument("--json", default=None, help="also write the results here")
     args = parser.parse_args()
     device = resolve_device(args.device)
+    if device.type == "cpu":
+        ensure_malloc_mmap_threshold()  # re-executes this script once, before anything runs
     results = run(args.archs.split(","), args.batch, args.size, args.repeats, device)
     print(json.dumps(results["environment"]))
     print(f"batch {args.batch}, {args.size} px, ratios to one classification training step\n")
