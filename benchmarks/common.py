@@ -17,8 +17,10 @@ story (activation checkpointing, see ``checkpoint_memory.py``).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -99,6 +101,13 @@ def ensure_malloc_mmap_threshold() -> None:
     if os.environ.get("MALLOC_MMAP_THRESHOLD_") is None:
         env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": MALLOC_MMAP_THRESHOLD}
         os.execve(sys.executable, [sys.executable, *sys.argv], env)
+
+
+def run_with_mmap_threshold(command: list[str]) -> dict:
+    """Run ``command`` with ``MALLOC_MMAP_THRESHOLD_`` set; parse the JSON on its last line."""
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": MALLOC_MMAP_THRESHOLD}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def peak_rss_bytes(fn: Callable[[], object]) -> int:

@@ -30,12 +30,12 @@ import torchvision
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
     add_benchmark_options,
-    ensure_malloc_mmap_threshold,
     environment,
     interleaved_min_times,
     markdown_table,
     peak_bytes,
     resolve_device,
+    run_with_mmap_threshold,
     saved_tensor_bytes,
 )
 
@@ -50,10 +50,12 @@ def build_cases(arch: str, batch: int, size: int, device: torch.device, zennit: 
     x = torch.rand(batch, 3, size, size, device=device)
     y = torch.randint(10, (batch,), device=device)
 
+    # every step also frees its gradients at the end, so that its peak memory counts them
     def classification_step():
         optimizer.zero_grad(set_to_none=True)
         F.cross_entropy(model(x), y).backward()
         optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
 
     def heatmap_step(hm):
         def step():
@@ -62,6 +64,7 @@ def build_cases(arch: str, batch: int, size: int, device: torch.device, zennit: 
             loss = F.cross_entropy(out.logits, y) + out.maps.square().mean()
             loss.backward()
             optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
 
         return step
 
@@ -94,10 +97,25 @@ def build_cases(arch: str, batch: int, size: int, device: torch.device, zennit: 
             x.requires_grad_(False)
             (F.cross_entropy(out, y) + relevance.sum(1).square().mean()).backward()
             optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
 
         maps["zennit attributor"] = zennit_maps
         steps["zennit double-backprop step (inexact)"] = zennit_step
     return steps, maps
+
+
+def step_peaks(arch: str, batch: int, size: int, device: torch.device, steps: dict) -> dict:
+    """Peak memory of each training step: in this process on CUDA, in a child process on CPU.
+
+    The CPU measurement needs glibc to return freed memory at once
+    (``MALLOC_MMAP_THRESHOLD_``), which makes every allocation a system call and
+    would distort the timings; so it runs in a separate process.
+    """
+    if device.type == "cuda":
+        return {name: peak_bytes(fn, device) for name, fn in steps.items()}
+    command = [sys.executable, __file__, "--peak-only", arch, "--batch", str(batch)]
+    command += ["--size", str(size), "--device", str(device)]
+    return run_with_mmap_threshold(command)
 
 
 def run(archs: list[str], batch: int, size: int, repeats: int, device: torch.device) -> dict:
@@ -107,7 +125,7 @@ def run(archs: list[str], batch: int, size: int, repeats: int, device: torch.dev
         times = interleaved_min_times({**steps, **maps}, repeats, device)
         base = times["classification step"]
         memory = {name: saved_tensor_bytes(fn) for name, fn in steps.items()}
-        peak = {name: peak_bytes(fn, device) for name, fn in steps.items()}
+        peak = step_peaks(arch, batch, size, device, steps)
         results["archs"][arch] = {
             "seconds": times,
             "ratio": {name: t / base for name, t in times.items()},
@@ -145,10 +163,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_benchmark_options(parser)
     parser.add_argument("--json", default=None, help="also write the results here")
+    parser.add_argument("--peak-only", metavar="ARCH", help=argparse.SUPPRESS)
     args = parser.parse_args()
     device = resolve_device(args.device)
-    if device.type == "cpu":
-        ensure_malloc_mmap_threshold()  # re-executes this script once, before anything runs
+    if args.peak_only:  # the child process of step_peaks()
+        steps, _ = build_cases(args.peak_only, args.batch, args.size, device)
+        print(json.dumps({name: peak_bytes(fn, device) for name, fn in steps.items()}))
+        return
     results = run(args.archs.split(","), args.batch, args.size, args.repeats, device)
     print(json.dumps(results["environment"]))
     print(f"batch {args.batch}, {args.size} px, ratios to one classification training step\n")

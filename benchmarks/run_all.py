@@ -26,7 +26,6 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from common import (  # noqa: E402
     add_benchmark_options,
-    ensure_malloc_mmap_threshold,
     environment,
     interleaved_min_times,
     markdown_table,
@@ -83,8 +82,6 @@ def main() -> None:
     parser.add_argument("--json", default=str(HERE / "results.json"))
     args = parser.parse_args()
     device = resolve_device(args.device)
-    if device.type == "cpu":
-        ensure_malloc_mmap_threshold()  # re-executes this script once, before anything runs
     archs = args.archs.split(",")
     results = run_heatmap_cost(archs, args.batch, args.size, args.repeats, device)
     results["all_class"] = {
