@@ -2,7 +2,9 @@
 
 Pre-trains a resnet18 on image-level labels of 2,000 scenes (4 epochs), fine-tunes
 it for 125 steps with LRP-epsilon heatmaps (epsilon 0.1: exact gradients of maps with a
-tiny epsilon are too rough for float32 training) and 50 pixel-labelled scenes,
+tiny epsilon are too rough for float32 training) and 50 pixel-labelled scenes (the
+segmenter's scale and background at learning rate 1e-3: at the default 1e-2 the
+background outgrows the maps within these few steps),
 evaluates it on test scenes and
 prints where the overlays and metrics are. Pass any ``rrr.finetune`` option to
 change it, e.g. ``python -m rrr.demo --model unet`` for the U-Net baseline on
@@ -23,7 +25,7 @@ DEMO = [
     "--loss", "ce", "--steps-per-epoch", "125",
     "--image-size", "64", "--train-images", "2000", "--val-images", "200",
     "--pixel-labels", "50", "--pretrain-epochs", "4", "--epochs", "1",
-    "--batch-size", "16", "--pretrain-lr", "1e-3", "--lr", "1e-4",
+    "--batch-size", "16", "--pretrain-lr", "1e-3", "--lr", "1e-4", "--scalar-lr", "1e-3",
 ]  # fmt: skip
 
 
