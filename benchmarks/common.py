@@ -4,14 +4,13 @@ Times are the minimum over repeats of wall-clock seconds, with the compared
 cases interleaved round-robin so that load on a shared machine hits all of
 them alike; only ratios are reported as results.
 
-Memory is the peak of bytes held by tensors autograd saved for backward during
-one step (distinct storages, counted with ``torch.autograd.graph.saved_tensors_hooks``),
-plus the parameter gradients; on CUDA also ``torch.cuda.max_memory_allocated``.
-The saved-tensor count is deterministic and device independent, which makes
-its ratios comparable across machines. :func:`peak_rss_bytes` measures the
-real peak of the process on the CPU instead (the increase of the resident set
-during one call), for comparisons where what autograd saves is not the whole
-story (activation checkpointing, see ``checkpoint_memory.py``).
+Memory is measured two ways. :func:`saved_tensor_bytes` counts the bytes of
+distinct storages autograd saves for backward during one step (counted with
+``torch.autograd.graph.saved_tensors_hooks``): deterministic and device
+independent, so its ratios compare across machines. :func:`peak_bytes` is the
+real peak increase during one call: ``torch.cuda.max_memory_allocated`` on
+CUDA, the process's resident set on the CPU (:func:`peak_rss_bytes`, which
+needs ``MALLOC_MMAP_THRESHOLD_`` set at process start).
 """
 
 from __future__ import annotations
@@ -66,16 +65,6 @@ def saved_tensor_bytes(fn: Callable[[], object]) -> int:
     return sum(storages.values())
 
 
-def cuda_peak_bytes(fn: Callable[[], object], device: torch.device) -> int | None:
-    if device.type != "cuda":
-        return None
-    torch.cuda.synchronize(device)
-    torch.cuda.reset_peak_memory_stats(device)
-    fn()
-    torch.cuda.synchronize(device)
-    return torch.cuda.max_memory_allocated(device)
-
-
 def _status_bytes(field: str) -> int:
     """A ``kB`` field of ``/proc/self/status`` (``VmRSS``, ``VmHWM``) in bytes."""
     with open("/proc/self/status") as handle:
@@ -90,6 +79,10 @@ def _status_bytes(field: str) -> int:
 MALLOC_MMAP_THRESHOLD = "65536"
 
 
+def _mmap_threshold_env() -> dict[str, str]:
+    return {**os.environ, "MALLOC_MMAP_THRESHOLD_": MALLOC_MMAP_THRESHOLD}
+
+
 def ensure_malloc_mmap_threshold() -> None:
     """Re-execute the running script with ``MALLOC_MMAP_THRESHOLD_`` set, unless it is.
 
@@ -99,14 +92,14 @@ def ensure_malloc_mmap_threshold() -> None:
     :func:`peak_rss_bytes`.
     """
     if os.environ.get("MALLOC_MMAP_THRESHOLD_") is None:
-        env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": MALLOC_MMAP_THRESHOLD}
-        os.execve(sys.executable, [sys.executable, *sys.argv], env)
+        os.execve(sys.executable, [sys.executable, *sys.argv], _mmap_threshold_env())
 
 
 def run_with_mmap_threshold(command: list[str]) -> dict:
     """Run ``command`` with ``MALLOC_MMAP_THRESHOLD_`` set; parse the JSON on its last line."""
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": MALLOC_MMAP_THRESHOLD}
-    done = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
+    done = subprocess.run(
+        command, env=_mmap_threshold_env(), capture_output=True, text=True, check=True
+    )
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 

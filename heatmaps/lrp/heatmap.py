@@ -161,42 +161,54 @@ def _register_rule(module: nn.Module, rule: object, state: GateState) -> list[An
     kind = rule_kind(rule)
     if kind == "pass" and (module.__dict__.get("forward") is _identity or type(module) is nn.ReLU):
         return []
+    if kind == "gradient":
+        return _register_gradient_rule(module, rule, state)
     if isinstance(module, ResidualSum):
         return _register_residual_sum(module, rule, kind, state)
     inplace = bool(getattr(module, "inplace", False))
     stash: list[Tensor] = []
 
-    if kind == "gradient":
-        epsilon = plain_epsilon(rule)
+    def pre(mod: nn.Module, args: tuple) -> tuple | None:
+        x = args[0]
+        stash.append(x)
+        if inplace:
+            return (x.clone(), *args[1:])
+        return None
 
-        def pre(mod: nn.Module, args: tuple) -> tuple:
-            x = args[0]
-            gated = InputGate.apply(x, state, rule)
-            return (gated.clone() if inplace else gated, *args[1:])
+    if kind == "pass":
 
         def post(mod: nn.Module, args: tuple, out: Tensor) -> Tensor:
-            inverse = None if epsilon is None else stabilised_inverse(out, epsilon)
-            reuse = all(out is not a for a in args)
-            return OutputGate.apply(out, inverse, state, rule, reuse)
+            return PassGate.apply(stash.pop(), out, state)
 
     else:
 
-        def pre(mod: nn.Module, args: tuple) -> tuple | None:
-            x = args[0]
-            stash.append(x)
-            if inplace:
-                return (x.clone(), *args[1:])
-            return None
+        def post(mod: nn.Module, args: tuple, out: Tensor) -> Tensor:
+            return RuleGate.apply(stash.pop(), out, state, rule, mod)
 
-        if kind == "pass":
+    return [module.register_forward_pre_hook(pre), module.register_forward_hook(post)]
 
-            def post(mod: nn.Module, args: tuple, out: Tensor) -> Tensor:
-                return PassGate.apply(stash.pop(), out, state)
 
-        else:
+def _register_gradient_rule(module: nn.Module, rule: object, state: GateState) -> list[Any]:
+    """Gates of a modified-gradient rule (epsilon, or ``Norm`` on sums and pools).
 
-            def post(mod: nn.Module, args: tuple, out: Tensor) -> Tensor:
-                return RuleGate.apply(stash.pop(), out, state, rule, mod)
+    An input gate on the gated inputs (both summands of a :class:`ResidualSum`,
+    i.e. ``R_a = a R / stab(a + b)`` and likewise for ``b``; the first argument
+    of any other layer) and an output gate on the output.
+    """
+    epsilon = plain_epsilon(rule)
+    inplace = bool(getattr(module, "inplace", False))
+    gated = 2 if isinstance(module, ResidualSum) else 1
+
+    def pre(mod: nn.Module, args: tuple) -> tuple:
+        out = [InputGate.apply(a, state, rule) if i < gated else a for i, a in enumerate(args)]
+        if inplace:
+            out[0] = out[0].clone()
+        return tuple(out)
+
+    def post(mod: nn.Module, args: tuple, out: Tensor) -> Tensor:
+        inverse = None if epsilon is None else stabilised_inverse(out, epsilon)
+        reuse = all(out is not a for a in args)
+        return OutputGate.apply(out, inverse, state, rule, reuse)
 
     return [module.register_forward_pre_hook(pre), module.register_forward_hook(post)]
 
@@ -204,30 +216,16 @@ def _register_rule(module: nn.Module, rule: object, state: GateState) -> list[An
 def _register_residual_sum(
     module: ResidualSum, rule: object, kind: str, state: GateState
 ) -> list[Any]:
-    """Gates for the two-input residual addition ``a + b``.
+    """Gates of the residual addition ``a + b`` for a rule that is not a modified gradient.
 
-    * modified-gradient rules (``Norm``, the rule every zennit composite gives
-      sums): an input gate on each summand and an output gate on the sum,
-      i.e. ``R_a = a R / stab(a + b)`` and likewise for ``b``;
-    * ``Pass``: no gate (the ordinary gradient hands ``R`` to both summands);
-    * any other rule sees the stacked summands ``(..., 2)`` through zennit's
-      ``Sum`` module, as with zennit's own canonizer.
+    Modified-gradient rules (``Norm``, the rule every zennit composite gives
+    sums) are gated by :func:`_register_gradient_rule`. ``Pass`` needs no gate
+    (the ordinary gradient hands ``R`` to both summands); any other rule sees
+    the stacked summands ``(..., 2)`` through zennit's ``Sum`` module, as with
+    zennit's own canonizer.
     """
     if kind == "pass":
         return []
-    if kind == "gradient":
-        epsilon = plain_epsilon(rule)
-
-        def pre(mod: nn.Module, args: tuple) -> tuple:
-            return tuple(InputGate.apply(a, state, rule) for a in args)
-
-        def post(mod: nn.Module, args: tuple, out: Tensor) -> Tensor:
-            inverse = None if epsilon is None else stabilised_inverse(out, epsilon)
-            reuse = all(out is not a for a in args)
-            return OutputGate.apply(out, inverse, state, rule, reuse)
-
-        return [module.register_forward_pre_hook(pre), module.register_forward_hook(post)]
-
     stacked_sum = Sum()
 
     def post_basic(mod: nn.Module, args: tuple, out: Tensor) -> Tensor:
