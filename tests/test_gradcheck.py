@@ -14,6 +14,8 @@ import torch
 from backends import BACKENDS
 from torch import nn
 
+import heatmaps
+
 TOLERANCE = 1e-6
 
 
@@ -112,3 +114,12 @@ def test_the_check_catches_zennit_as_shipped(resnet18_double):
         _ZennitAsShipped(model), x, torch.tensor([2]), [model.layer2[0].conv1.weight], 1
     )
     assert error > 1e-2
+
+
+@pytest.mark.parametrize("targets", [torch.tensor([1, 0]), torch.tensor([[1, 3], [0, 2]])])
+def test_zplus_on_signed_input(small_model, small_input, targets):
+    """z+ on the first convolution sees negative inputs: both of its terms are computed."""
+    heatmap = heatmaps.LRPHeatmap(small_model, composite="epsilon_plus")
+    x = small_input - 0.5
+    error = directional_check(heatmap, x, targets, list(small_model.parameters()))
+    assert error <= TOLERANCE, f"relative error {error:.2e}"

@@ -181,3 +181,16 @@ def test_input_x_gradient_is_lrp0_without_biases():
     logits = model(x)
     lrp = lrp0(x, 1) * logits[:, 1, None, None, None]  # zennit starts from e_c, not y_c e_c
     assert relative_error(lrp, ixg(x, 1)) <= 1e-8
+
+
+@pytest.mark.parametrize("composite", ["epsilon_plus", "epsilon_plus_flat"])
+def test_zplus_equals_zennit_on_signed_input(composite):
+    """z+ on a first convolution with negative inputs keeps both of its terms."""
+    torch.manual_seed(0)
+    model = randomize_batchnorm(torchvision.models.resnet18(num_classes=5), eps=0.0)
+    model = model.double().eval()
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    targets = torch.tensor([1, 4])
+    ours = heatmaps.LRPHeatmap(model, composite=composite)(x, targets)[:, 0]
+    reference = zennit_maps(model, composite, ResNetCanonizer(), x, targets)
+    assert relative_error(ours, reference) <= 1e-6

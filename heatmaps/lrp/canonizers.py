@@ -24,7 +24,7 @@ updated by it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -48,6 +48,10 @@ def _identity(x: Tensor) -> Tensor:
     return x
 
 
+def _merge_recipe(weight: Tensor, scale: Tensor, index: tuple) -> Callable[[], Tensor]:
+    return lambda: weight * scale[index]
+
+
 class FunctionalMergeBatchNorm(Canonizer):
     """Merge BatchNorms into their preceding linear layers without writing parameters.
 
@@ -64,6 +68,8 @@ class FunctionalMergeBatchNorm(Canonizer):
         self._swaps: list[tuple[dict, str, object]] = []
         self._batch_norm: nn.Module | None = None
         self.linears: list[nn.Module] = []
+        # (merged weight, function recomputing it), for heatmaps.lrp.saved_weights
+        self.merged_weights: list[tuple[Tensor, Callable[[], Tensor]]] = []
 
     def copy(self) -> FunctionalMergeBatchNorm:
         return FunctionalMergeBatchNorm(self.name_map)
@@ -117,7 +123,9 @@ class FunctionalMergeBatchNorm(Canonizer):
                 else:
                     index = (slice(None), *((None,) * (weight.ndim - 1)))
                 bias = linear.bias
-                self._swap(linear._parameters, "weight", weight * scale[index])
+                merged = weight * scale[index]
+                self.merged_weights.append((merged, _merge_recipe(weight, scale.detach(), index)))
+                self._swap(linear._parameters, "weight", merged)
                 self._swap(
                     linear._parameters, "bias", shift if bias is None else bias * scale + shift
                 )
@@ -133,6 +141,7 @@ class FunctionalMergeBatchNorm(Canonizer):
         for store, key, original in reversed(self._swaps):
             store[key] = original
         self._swaps.clear()
+        self.merged_weights.clear()
         if self._batch_norm is not None:
             if "forward" in self._batch_norm.__dict__:
                 del self._batch_norm.forward

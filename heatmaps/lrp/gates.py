@@ -41,14 +41,30 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd import Function
-from zennit.core import BasicHook, ParamMod, Stabilizer, zero_wrap
-from zennit.rules import Epsilon, NoMod, Norm, Pass
+from zennit.core import BasicHook, ParamMod
+from zennit.layer import Sum
+from zennit.rules import Epsilon, Norm, Pass
 
-_CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+from .basic_rules import CONV_TYPES, basic_rule_relevance
+from .division import epsilon_scale
+from .saved_weights import WeightRecipes
+
+_OUTPUT_FREE_TYPES = (
+    *CONV_TYPES,
+    nn.ConvTranspose1d,
+    nn.ConvTranspose2d,
+    nn.ConvTranspose3d,
+    nn.Linear,
+    nn.AvgPool1d,
+    nn.AvgPool2d,
+    nn.AvgPool3d,
+    nn.AdaptiveAvgPool1d,
+    nn.AdaptiveAvgPool2d,
+    nn.AdaptiveAvgPool3d,
+    Sum,
+)
 
 
 @dataclass
@@ -57,6 +73,7 @@ class GateState:
 
     active: bool = False
     create_graph: bool = False
+    recipes: WeightRecipes | None = None
 
 
 def rule_kind(rule: object) -> str:
@@ -97,40 +114,11 @@ class InputGate(Function):
         return ctx.rule.reducer([x], [grad]), None, None
 
 
-def plain_epsilon(rule: BasicHook) -> float | None:
-    """The epsilon of an ``Epsilon``/``Norm`` rule whose stabiliser is zennit's default form.
-
-    That form is ``stab(z) = z + eps * (sign(z) + [z == 0])``: a shift that is
-    piecewise constant in ``z``, so its derivative is zero almost everywhere.
-    """
-    for cell in rule.gradient_mapper.__closure__ or ():
-        value = cell.cell_contents
-        if isinstance(value, Stabilizer) and not value.clip and not value.norm_scale:
-            return float(value.epsilon)
-    return None
-
-
-def stabilised_inverse(z: Tensor, epsilon: float) -> Tensor:
-    """``1 / (z + eps * (sign(z) + [z == 0]))``, recorded as a function of ``z`` only.
-
-    The shift (``+eps`` where ``z >= 0``, ``-eps`` elsewhere) is computed
-    without a graph; the result is then an ordinary autograd function of ``z``
-    (an addition and a reciprocal). Computing it once in the forward pass means
-    the differentiable relevance pass records one product per layer instead of
-    an addition and a division, and the output gate keeps one tensor instead of
-    ``z`` and the shift.
-    """
-    with torch.no_grad():
-        eps = z.new_tensor(epsilon)
-        shift = torch.where(z >= 0, eps, -eps)
-    return (z + shift).reciprocal()
-
-
 class OutputGate(Function):
     """Identity forward on ``z``; backward maps the output relevance by the rule's gradient mapper.
 
-    With ``inverse`` (from :func:`stabilised_inverse`) the mapping is the
-    product ``R * inverse``, differentiable through ``inverse``; without it the
+    With ``inverse`` (from :class:`StabilisedInverse`) the mapping is
+    :class:`EpsilonScale`, differentiable in ``R`` and ``z``; without it the
     rule's own ``gradient_mapper`` is called on the saved ``z``. ``reuse``
     says that ``z`` is a fresh output of the layer (not one of its inputs), so
     it may be handed on without a copy.
@@ -147,7 +135,7 @@ class OutputGate(Function):
     ) -> Tensor:
         ctx.state, ctx.rule = state, rule
         ctx.save_for_backward(z if inverse is None else None, inverse)
-        if reuse and inverse is not None and z.grad_fn is not None and z._base is None:
+        if reuse and inverse is not None and _is_fresh(z):
             # nothing saved z itself (the inverse was computed from it, and a convolution or
             # linear layer keeps its input, not its output): hand the same tensor on as
             # "modified" instead of copying it, so a following in-place ReLU may write it
@@ -162,7 +150,7 @@ class OutputGate(Function):
         z, inverse = ctx.saved_tensors
         if inverse is None:
             return _first(ctx.rule.gradient_mapper(grad, [z])), None, None, None, None
-        return grad * inverse, None, None, None, None
+        return epsilon_scale(grad, inverse), None, None, None, None
 
 
 class PassGate(Function):
@@ -185,150 +173,46 @@ class RuleGate(Function):
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx, x: Tensor, z: Tensor, state: GateState, rule: BasicHook, module: nn.Module
+        ctx,
+        x: Tensor,
+        z: Tensor,
+        state: GateState,
+        rule: BasicHook,
+        module: nn.Module,
+        reuse: bool = False,
     ) -> Tensor:
         ctx.state, ctx.rule, ctx.module = state, rule, module
+        if reuse and _is_fresh(z):
+            # the rule recomputes every term it needs (see uses_output): keep neither z nor a copy
+            ctx.save_for_backward(x, None)
+            ctx.mark_dirty(z)
+            return z
         ctx.save_for_backward(x, z)
         return z.clone()
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # type: ignore[override]
         if not ctx.state.active:
-            return None, grad, None, None, None
+            return None, grad, None, None, None, None
         x, z = ctx.saved_tensors
+        state = ctx.state
         relevance = basic_rule_relevance(
-            ctx.rule, ctx.module, x, grad, create_graph=ctx.state.create_graph, output=z
+            ctx.rule, ctx.module, x, grad, state.create_graph, output=z, recipes=state.recipes
         )
-        return relevance, None, None, None, None
+        return relevance, None, None, None, None, None
 
 
-def modified_parameters(param_mod: Any, module: nn.Module) -> dict[str, Tensor]:
-    """The rule's modified parameters, computed from the live (possibly canonized) tensors."""
-    mod = ParamMod.ensure(param_mod)
-    keys = mod.param_keys
-    if keys is None:
-        keys = [name for name, _ in module.named_parameters(recurse=False)]
-    missing = [key for key in keys if not hasattr(module, key)]
-    if mod.require_params and missing:
-        raise RuntimeError(f"LRP: module {module} lacks parameters {missing} required by its rule")
-    modifier = zero_wrap(mod.zero_params or [])(mod.modifier)
-    params = {}
-    for key in keys:
-        value = getattr(module, key, None)
-        if value is not None:
-            params[key] = modifier(value, key)
-    return params
+def _is_fresh(z: Tensor) -> bool:
+    """Whether ``z`` is a computed tensor of its own (not a leaf, not a view)."""
+    return z.grad_fn is not None and z._base is None
 
 
-def functional_forward(module: nn.Module, params: dict[str, Tensor], x: Tensor) -> Tensor:
-    """Run ``module`` on ``x`` with ``params`` in place of its own, bypassing its hooks."""
-    if isinstance(module, _CONV_TYPES):
-        weight = params.get("weight", module.weight)
-        bias = params.get("bias", module.bias)
-        return module._conv_forward(x, weight, bias)
-    if isinstance(module, nn.Linear):
-        return F.linear(x, params.get("weight", module.weight), params.get("bias", module.bias))
-    store = module._parameters
-    saved = {key: store[key] for key in params if key in store}
-    try:
-        for key, value in params.items():
-            if key in store:
-                store[key] = value
-        return module.forward(x)
-    finally:
-        store.update(saved)
+def keeps_no_output(module: nn.Module) -> bool:
+    """Whether ``module``'s own backward needs no copy of its output.
 
-
-def _zeroes_bias(param_mod: Any, module: nn.Module) -> bool:
-    """Whether the modified layer has no bias (so a zero input gives a zero output)."""
-    mod = ParamMod.ensure(param_mod)
-    if getattr(module, "bias", None) is None:
-        return True
-    zero = mod.zero_params or []
-    zero = [zero] if isinstance(zero, str) else zero
-    keys = mod.param_keys
-    return "bias" in zero and (keys is None or "bias" in keys)
-
-
-def _is_unmodified(param_mod: Any) -> bool:
-    mod = ParamMod.ensure(param_mod)
-    return isinstance(mod, NoMod) and not mod.zero_params
-
-
-def basic_rule_relevance(
-    rule: BasicHook,
-    module: nn.Module,
-    x: Tensor,
-    relevance: Tensor,
-    create_graph: bool,
-    output: Tensor | None = None,
-) -> Tensor:
-    """Input relevance of a zennit ``BasicHook`` rule, differentiable when ``create_graph``.
-
-    Same computation as ``zennit.core.BasicHook.backward``::
-
-        z_i   = out_mod_i(layer(in_mod_i(x); param_mod_i(theta)))
-        g_i   = gradient_mapper(R_out, [z_1..z_n])_i
-        R_in  = reducer([in_mod_i(x)], [J_i^T g_i])
-
-    but with live parameters and the caller's ``create_graph``. Two shortcuts
-    give the same values with less work:
-
-    * a term whose modified input is identically zero and whose modified layer
-      has no bias has ``z_i = 0`` and contributes nothing to ``R_in``: its layer
-      is not evaluated (the negative-input terms of z+, gamma and alpha-beta on
-      the non-negative outputs of a ReLU);
-    * a term with unmodified input and parameters is the forward output
-      ``output`` itself and is not recomputed.
+    Convolutions and linear layers keep their input and weight, average pools
+    and sums (zennit's ``Sum``, the residual additions) keep nothing; so a gate may hand on their output itself, marked as
+    modified, instead of a copy (a following in-place ReLU then writes it).
+    Other layers (a sigmoid keeps its output) get a copy.
     """
-    with torch.enable_grad():
-        inputs, outputs, live = [], [], []
-        for in_mod, param_mod, out_mod in zip(
-            rule.input_modifiers, rule.param_modifiers, rule.output_modifiers
-        ):
-            inp = in_mod(x)
-            if (
-                output is not None
-                and inp is x
-                and _is_unmodified(param_mod)
-                and x.requires_grad
-                and all(i is not x for i in inputs)
-            ):
-                inputs.append(x)
-                outputs.append(out_mod(output))
-                live.append(True)
-                continue
-            if _zeroes_bias(param_mod, module) and not bool(inp.any()):
-                inputs.append(torch.zeros_like(inp))
-                outputs.append(None)
-                live.append(False)
-                continue
-            # a distinct node per modified input, as zennit computes one gradient per input
-            inp = inp.view_as(inp) if inp.requires_grad else inp.detach().requires_grad_(True)
-            out = out_mod(functional_forward(module, modified_parameters(param_mod, module), inp))
-            inputs.append(inp)
-            outputs.append(out)
-            live.append(True)
-        reference = next(o for o in outputs if o is not None)
-        outputs = [torch.zeros_like(reference) if o is None else o for o in outputs]
-        grad_outputs = rule.gradient_mapper(relevance, outputs)
-        if isinstance(grad_outputs, Tensor):
-            grad_outputs = [grad_outputs]
-        grad_outputs = list(grad_outputs)
-        kept = [i for i, flag in enumerate(live) if flag]
-        grads = torch.autograd.grad(
-            [outputs[i] for i in kept],
-            [inputs[i] for i in kept],
-            grad_outputs=[grad_outputs[i] for i in kept],
-            create_graph=create_graph,
-            retain_graph=True,  # a reused forward output's graph is still needed afterwards
-            allow_unused=True,
-        )
-        full: list[Tensor] = [torch.zeros_like(i) for i in inputs]
-        for i, g in zip(kept, grads):
-            if g is not None:
-                full[i] = g
-    # without create_graph the reduction is not recorded (detach() has no batching rule for
-    # the vectorised multi-class backward, so the graph is simply not built)
-    with torch.set_grad_enabled(create_graph):
-        return rule.reducer(inputs, full)
+    return isinstance(module, _OUTPUT_FREE_TYPES)

@@ -14,6 +14,7 @@ from zennit.layer import Sum
 
 from ..base import Heatmap, batched_input_grad, one_hot_grad_outputs, reduce_channels
 from ..checkpointing import is_checkpointed
+from .basic_rules import uses_output
 from .canonizers import (
     ResidualSum,
     _identity,
@@ -21,16 +22,9 @@ from .canonizers import (
     translate_canonizers,
 )
 from .composites import make_composite
-from .gates import (
-    GateState,
-    InputGate,
-    OutputGate,
-    PassGate,
-    RuleGate,
-    plain_epsilon,
-    rule_kind,
-    stabilised_inverse,
-)
+from .division import StabilisedInverse, plain_epsilon
+from .gates import GateState, InputGate, OutputGate, PassGate, RuleGate, keeps_no_output, rule_kind
+from .saved_weights import WeightRecipes
 
 
 class LRPHeatmap(Heatmap):
@@ -109,7 +103,8 @@ class LRPHeatmap(Heatmap):
                 "its rules only for the duration of a call, so the recomputation in the final "
                 "backward pass would run without them (use checkpointing with Grad-CAM, or none)"
             )
-        state = GateState()
+        recipes = WeightRecipes()
+        state = GateState(recipes=recipes)
         handles: list[Any] = []
         applied: list[Canonizer] = []
         try:
@@ -122,7 +117,11 @@ class LRPHeatmap(Heatmap):
                     continue
                 handles += _register_rule(module, rule, state)
             self._state = state
-            yield
+            for canonizer in applied:
+                for merged, compute in getattr(canonizer, "merged_weights", ()):
+                    recipes.remember(merged, compute)
+            with recipes.saving():
+                yield
         finally:
             state.active = False
             self._state = None
@@ -181,9 +180,11 @@ def _register_rule(module: nn.Module, rule: object, state: GateState) -> list[An
             return PassGate.apply(stash.pop(), out, state)
 
     else:
+        reuse = not uses_output(rule) and keeps_no_output(module)
 
         def post(mod: nn.Module, args: tuple, out: Tensor) -> Tensor:
-            return RuleGate.apply(stash.pop(), out, state, rule, mod)
+            x = stash.pop()
+            return RuleGate.apply(x, out, state, rule, mod, reuse and out is not x)
 
     return [module.register_forward_pre_hook(pre), module.register_forward_hook(post)]
 
@@ -205,9 +206,11 @@ def _register_gradient_rule(module: nn.Module, rule: object, state: GateState) -
             out[0] = out[0].clone()
         return tuple(out)
 
+    fresh_output = keeps_no_output(module)
+
     def post(mod: nn.Module, args: tuple, out: Tensor) -> Tensor:
-        inverse = None if epsilon is None else stabilised_inverse(out, epsilon)
-        reuse = all(out is not a for a in args)
+        inverse = None if epsilon is None else StabilisedInverse.apply(out, epsilon)
+        reuse = fresh_output and all(out is not a for a in args)
         return OutputGate.apply(out, inverse, state, rule, reuse)
 
     return [module.register_forward_pre_hook(pre), module.register_forward_hook(post)]
@@ -227,9 +230,11 @@ def _register_residual_sum(
     if kind == "pass":
         return []
     stacked_sum = Sum()
+    reuse = not uses_output(rule)
 
     def post_basic(mod: nn.Module, args: tuple, out: Tensor) -> Tensor:
-        return RuleGate.apply(torch.stack(args, dim=-1), out, state, rule, stacked_sum)
+        stacked = torch.stack(args, dim=-1)
+        return RuleGate.apply(stacked, out, state, rule, stacked_sum, reuse)
 
     return [module.register_forward_hook(post_basic)]
 
