@@ -73,11 +73,14 @@ class StabilisedInverse(Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:  # type: ignore[override]
-        pass
+        # in the relevance pass no gradient reaches the inverse (the output gate returns
+        # none for it): without this, autograd would hand backward a tensor of zeros, and
+        # adding it to the gradient of z would cost two passes over every layer's output
+        ctx.set_materialize_grads(False)
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad_z: Tensor):  # type: ignore[override]
+    def backward(ctx, grad_z: Tensor | None):  # type: ignore[override]
         return grad_z, None
 
 

@@ -26,7 +26,9 @@ Two kinds of rules are handled differently, for speed:
   parameters): the rule is ``R_in = x * J^T (R_out / stab(z))`` with the
   layer's *ordinary* Jacobian ``J``, so the ordinary backward of the layer is
   reused; the output gate divides by ``stab(z)`` and the input gate multiplies
-  by ``x``. No convolution is recomputed.
+  by ``x``. No convolution is recomputed. On a plain convolution one gate
+  does all three steps, with :func:`~heatmaps.lrp.conv_relevance.conv_input_gradient`
+  for ``J^T`` (its derivative is cheaper than autograd's).
 * **any other zennit ``BasicHook`` rule** (z+, gamma, alpha-beta, flat, box,
   ...): the output gate computes the rule's relevance directly from the saved
   input and hands it to the input; the ordinary backward of the layer gets no
@@ -48,6 +50,7 @@ from zennit.layer import Sum
 from zennit.rules import Epsilon, Norm, Pass
 
 from .basic_rules import CONV_TYPES, basic_rule_relevance
+from .conv_relevance import ConvGeometry, conv_input_gradient
 from .division import epsilon_scale
 from .saved_weights import WeightRecipes
 
@@ -151,6 +154,48 @@ class OutputGate(Function):
         if inverse is None:
             return _first(ctx.rule.gradient_mapper(grad, [z])), None, None, None, None
         return epsilon_scale(grad, inverse), None, None, None, None
+
+
+class EpsilonConvGate(Function):
+    """Identity forward on a convolution's output ``z``; backward applies the epsilon rule::
+
+        R_in = x * J^T (R / stab(z))
+
+    with ``inverse = 1 / stab(z)`` from :class:`StabilisedInverse`, ``J^T``
+    from :func:`conv_input_gradient` and the rule's reducer for the product.
+    The input relevance goes straight to ``x``; the convolution's own
+    backward gets no gradient in the relevance pass. ``reuse`` as for
+    :class:`OutputGate`.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx,
+        x: Tensor,
+        z: Tensor,
+        inverse: Tensor,
+        weight: Tensor,
+        geometry: ConvGeometry,
+        state: GateState,
+        rule: BasicHook,
+        reuse: bool = False,
+    ) -> Tensor:
+        ctx.state, ctx.rule, ctx.geometry = state, rule, geometry
+        # the convolution keeps x and its weight for its own backward: no extra memory
+        ctx.save_for_backward(x, inverse, weight)
+        if reuse and _is_fresh(z):
+            ctx.mark_dirty(z)
+            return z
+        return z.clone()
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        if not ctx.state.active:
+            return None, grad, None, None, None, None, None, None
+        x, inverse, weight = ctx.saved_tensors
+        scaled = epsilon_scale(grad, inverse)
+        relevance = ctx.rule.reducer([x], [conv_input_gradient(scaled, x, weight, ctx.geometry)])
+        return relevance, None, None, None, None, None, None, None
 
 
 class PassGate(Function):

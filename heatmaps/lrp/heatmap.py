@@ -22,8 +22,18 @@ from .canonizers import (
     translate_canonizers,
 )
 from .composites import make_composite
+from .conv_relevance import ConvGeometry
 from .division import StabilisedInverse, plain_epsilon
-from .gates import GateState, InputGate, OutputGate, PassGate, RuleGate, keeps_no_output, rule_kind
+from .gates import (
+    EpsilonConvGate,
+    GateState,
+    InputGate,
+    OutputGate,
+    PassGate,
+    RuleGate,
+    keeps_no_output,
+    rule_kind,
+)
 from .saved_weights import WeightRecipes
 
 
@@ -194,9 +204,13 @@ def _register_gradient_rule(module: nn.Module, rule: object, state: GateState) -
 
     An input gate on the gated inputs (both summands of a :class:`ResidualSum`,
     i.e. ``R_a = a R / stab(a + b)`` and likewise for ``b``; the first argument
-    of any other layer) and an output gate on the output.
+    of any other layer) and an output gate on the output; on a plain
+    convolution, one :class:`EpsilonConvGate` on the output instead.
     """
     epsilon = plain_epsilon(rule)
+    geometry = ConvGeometry.of(module)
+    if epsilon is not None and geometry is not None:
+        return _register_epsilon_conv(module, rule, epsilon, geometry, state)
     inplace = bool(getattr(module, "inplace", False))
     gated = 2 if isinstance(module, ResidualSum) else 1
 
@@ -214,6 +228,16 @@ def _register_gradient_rule(module: nn.Module, rule: object, state: GateState) -
         return OutputGate.apply(out, inverse, state, rule, reuse)
 
     return [module.register_forward_pre_hook(pre), module.register_forward_hook(post)]
+
+
+def _register_epsilon_conv(
+    module: nn.Module, rule: object, epsilon: float, geometry: ConvGeometry, state: GateState
+) -> list[Any]:
+    def post(mod: nn.Module, args: tuple, out: Tensor) -> Tensor:
+        inverse = StabilisedInverse.apply(out, epsilon)
+        return EpsilonConvGate.apply(args[0], out, inverse, mod.weight, geometry, state, rule, True)
+
+    return [module.register_forward_hook(post)]
 
 
 def _register_residual_sum(

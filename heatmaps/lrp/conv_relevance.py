@@ -1,0 +1,163 @@
+"""A convolution's backward pass to its input, with a cheaper derivative than autograd's.
+
+Every LRP rule on a convolution ``z = conv(x; W)`` sends a rescaled relevance
+``r`` back through the layer: ``g = J^T r``, the gradient of ``<z, r>`` with
+respect to ``x`` (a transposed convolution of ``r`` with ``W``). A
+differentiable relevance pass records it, and the final backward pass of a
+training step differentiates it with respect to ``r`` and ``W``::
+
+    dL/dr = conv(s; W)                           (no bias)
+    dL/dW = weight gradient of conv at input s, output gradient r
+
+with ``s = dL/dg``. Both are the kernels of an ordinary training step (the
+forward convolution and the weight gradient of its backward). PyTorch's own
+derivative of the recorded ``convolution_backward`` (its
+``_convolution_double_backward``) computes the weight term as a convolution
+over batch-transposed tensors instead. On the CPU (oneDNN) the weight-gradient
+kernel is much faster for 1x1 kernels and for outputs of 8x8 positions or
+more, and slower for larger kernels on smaller outputs (resnet's last stages
+at 64 px input); :meth:`ConvGeometry.grad_weight_of_input_gradient` takes the
+faster one by that rule. Measured with ``benchmarks/conv_double_backward.py``
+(batch 32, 64 px, summed over all convolutions; see docs/benchmarks.md). No
+library offers this derivative, so it is written here from the ATen kernels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from torch._C._functorch import is_legacy_batchedtensor
+from torch.autograd import Function
+from torch.autograd.function import once_differentiable
+
+#: output positions from which the own kernels are faster than autograd's (measured on the CPU)
+OWN_KERNELS_FROM = 64
+_PLAIN_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+@dataclass(frozen=True)
+class ConvGeometry:
+    """Stride, integer padding, dilation and groups of a zero-padded convolution."""
+
+    stride: tuple[int, ...]
+    padding: tuple[int, ...]
+    dilation: tuple[int, ...]
+    groups: int
+
+    @classmethod
+    def of(cls, module: nn.Module) -> ConvGeometry | None:
+        """The geometry of ``module`` if its forward is exactly ``conv(x; weight) + bias``, else ``None``.
+
+        That is a ``Conv1d``/``Conv2d``/``Conv3d`` with zero padding given as
+        integers (not ``"same"``) and no overridden ``forward``.
+        """
+        if not isinstance(module, _PLAIN_CONVS) or "forward" in module.__dict__:
+            return None
+        if module.padding_mode != "zeros" or isinstance(module.padding, str):
+            return None
+        return cls(
+            tuple(module.stride), tuple(module.padding), tuple(module.dilation), module.groups
+        )
+
+    def input_gradient(self, r: Tensor, x: Tensor, weight: Tensor) -> Tensor:
+        """``J^T r``: ATen's input gradient of the convolution (``x`` gives only the shape)."""
+        return self._backward(r, x, weight, (True, False, False))[0]
+
+    def derivatives(
+        self, s: Tensor, r: Tensor, weight: Tensor, need_r: bool, need_weight: bool
+    ) -> tuple[Tensor | None, Tensor | None]:
+        """``d<s, J^T r>/dr = conv(s; W)`` and ``d<s, J^T r>/dW``, by the faster kernels.
+
+        For 1x1 kernels and outputs of at least :data:`OWN_KERNELS_FROM`
+        positions: the forward convolution and the weight-gradient kernel
+        (at input ``s``, output gradient ``r``). Otherwise PyTorch's
+        ``_convolution_double_backward`` (autograd's own derivative), which
+        is faster there on the CPU.
+        """
+        zeros = [0] * len(self.stride)
+        pointwise = all(size == 1 for size in weight.shape[2:])
+        if not pointwise and r[0, 0].numel() < OWN_KERNELS_FROM:
+            grad_r, _, grad_weight = torch.ops.aten._convolution_double_backward(
+                s,
+                None,
+                None,
+                r,
+                weight,
+                s,  # the input of the convolution: only its shape is used, and s has it
+                self.stride,
+                self.padding,
+                self.dilation,
+                False,
+                zeros,
+                self.groups,
+                [need_r, False, need_weight],
+            )
+            return grad_r, grad_weight
+        grad_r = self.forward(s, weight) if need_r else None
+        grad_weight = self._backward(r, s, weight, (False, True, False))[1] if need_weight else None
+        return grad_r, grad_weight
+
+    def forward(self, x: Tensor, weight: Tensor) -> Tensor:
+        """``conv(x; W)`` without bias."""
+        zeros = [0] * len(self.stride)
+        return torch.ops.aten.convolution(
+            x, weight, None, self.stride, self.padding, self.dilation, False, zeros, self.groups
+        )
+
+    def _backward(self, r: Tensor, x: Tensor, weight: Tensor, mask: tuple) -> tuple:
+        zeros = [0] * len(self.stride)
+        return torch.ops.aten.convolution_backward(
+            r,
+            x,
+            weight,
+            None,
+            self.stride,
+            self.padding,
+            self.dilation,
+            False,
+            zeros,
+            self.groups,
+            list(mask),
+        )
+
+
+class ConvInputGradient(Function):
+    """``g = J^T r`` for ``z = conv(x; W)``, differentiable in ``r`` and ``W`` (see the module docstring).
+
+    ``x`` is used for its shape only and gets no gradient (``J`` does not
+    depend on it).
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx, r: Tensor, x: Tensor, weight: Tensor, geometry: ConvGeometry
+    ) -> Tensor:
+        ctx.geometry = geometry
+        ctx.save_for_backward(r, weight)
+        return geometry.input_gradient(r, x, weight)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        r, weight = ctx.saved_tensors
+        need_r, _, need_weight, _ = ctx.needs_input_grad
+        grad_r, grad_weight = ctx.geometry.derivatives(grad, r, weight, need_r, need_weight)
+        return grad_r, None, grad_weight, None
+
+
+def conv_input_gradient(r: Tensor, x: Tensor, weight: Tensor, geometry: ConvGeometry) -> Tensor:
+    """:class:`ConvInputGradient`, or ATen's ``convolution_backward`` recorded by autograd under legacy ``vmap``.
+
+    The vectorised multi-class backward (``is_grads_batched``) runs under
+    PyTorch's legacy ``vmap``, which does not record custom autograd
+    functions; there the recorded ATen op gives the same values and exact
+    (if slower) derivatives. An unbatched input (``x`` without its batch
+    dimension, as ``nn.Conv2d`` accepts) is given one.
+    """
+    if x.dim() == weight.dim() - 1:
+        return conv_input_gradient(r.unsqueeze(0), x.unsqueeze(0), weight, geometry).squeeze(0)
+    if is_legacy_batchedtensor(r):
+        return geometry.input_gradient(r, x, weight)
+    return ConvInputGradient.apply(r, x, weight, geometry)

@@ -1,0 +1,80 @@
+"""The convolution input gradient with a hand-written derivative, against autograd and finite differences."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from heatmaps.lrp.conv_relevance import ConvGeometry, conv_input_gradient
+
+CONVS = {
+    "conv2d stride 2, padding 1": lambda: nn.Conv2d(4, 6, 3, stride=2, padding=1),
+    "conv1d dilation 2, groups 2": lambda: nn.Conv1d(4, 6, 3, dilation=2, padding=2, groups=2),
+    "conv3d anisotropic stride": lambda: nn.Conv3d(2, 4, 2, stride=(1, 2, 1)),
+    "depthwise conv2d": lambda: nn.Conv2d(4, 4, 3, padding=1, groups=4),
+    "conv2d 1x1 stride 2, no bias": lambda: nn.Conv2d(4, 8, 1, stride=2, bias=False),
+    "conv2d 3x3 on 12x12 (own kernels)": lambda: nn.Conv2d(3, 5, 3, padding=1),
+}
+# outputs of at least OWN_KERNELS_FROM positions or 1x1 kernels take the forward convolution
+# and weight-gradient kernels, smaller ones PyTorch's double backward: both are covered
+
+
+def _case(name: str, batched: bool = True):
+    torch.manual_seed(0)
+    module = CONVS[name]().double()
+    spatial = [12 if "12x12" in name else 7] * (module.weight.dim() - 2)
+    shape = [2, module.in_channels, *spatial] if batched else [module.in_channels, *spatial]
+    x = torch.randn(shape, dtype=torch.float64)
+    r = torch.randn_like(module(x), requires_grad=True)
+    weight = module.weight.detach().clone().requires_grad_(True)
+    return module, x, r, weight
+
+
+@pytest.mark.parametrize("name", sorted(CONVS))
+def test_values_and_derivatives_equal_autograd(name):
+    module, x, r, weight = _case(name)
+    geometry = ConvGeometry.of(module)
+    assert geometry is not None
+    inp = x.clone().requires_grad_(True)
+    (reference,) = torch.autograd.grad(
+        module._conv_forward(inp, weight, None), inp, r, create_graph=True
+    )
+    ours = conv_input_gradient(r, x, weight, geometry)
+    torch.testing.assert_close(ours, reference, rtol=0, atol=1e-12)
+    s = torch.randn_like(ours)
+    expected = torch.autograd.grad(reference, [r, weight], s)
+    got = torch.autograd.grad(ours, [r, weight], s)
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", sorted(CONVS))
+@pytest.mark.parametrize("batched", [True, False])
+def test_derivatives_match_finite_differences(name, batched):
+    module, x, r, weight = _case(name, batched)
+    geometry = ConvGeometry.of(module)
+    assert torch.autograd.gradcheck(
+        lambda r, w: conv_input_gradient(r, x, w, geometry), (r, weight), eps=1e-6, atol=1e-8
+    )
+
+
+@pytest.mark.parametrize(
+    "module",
+    [
+        nn.Conv2d(2, 2, 3, padding="same"),
+        nn.Conv2d(2, 2, 3, padding=1, padding_mode="reflect"),
+        nn.ConvTranspose2d(2, 2, 3),
+        nn.Linear(2, 2),
+    ],
+    ids=["padding same", "reflect padding", "transposed", "linear"],
+)
+def test_other_layers_have_no_geometry(module):
+    """Only zero-padded convolutions with integer padding take the fast path."""
+    assert ConvGeometry.of(module) is None
+
+
+def test_overridden_forward_has_no_geometry():
+    module = nn.Conv2d(2, 2, 3)
+    module.forward = lambda x: x  # e.g. a canonizer's replacement
+    assert ConvGeometry.of(module) is None
