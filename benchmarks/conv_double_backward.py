@@ -35,7 +35,6 @@ from common import (  # noqa: E402
     interleaved_min_times,
     markdown_table,
     resolve_device,
-    sync,
 )
 
 from heatmaps.lrp.conv_relevance import ConvGeometry, ConvInputGradient  # noqa: E402
@@ -74,6 +73,49 @@ def derivative_cases(conv: nn.Conv2d, shape: torch.Size) -> dict[str, Callable[[
     }
 
 
+def run(archs: list[str], batch: int, size: int, repeats: int, device: torch.device) -> dict:
+    """Seconds of both derivatives summed over each architecture's convolutions, and per layer."""
+    results: dict = {}
+    for arch in archs:
+        totals = dict.fromkeys(("autograd", "ConvInputGradient"), 0.0)
+        layers = []
+        for conv, shape in conv_inputs(arch, batch, size, device):
+            times = interleaved_min_times(derivative_cases(conv, shape), repeats, device)
+            for name, seconds in times.items():
+                totals[name] += seconds
+            layers.append(
+                {
+                    "weight": list(conv.weight.shape),
+                    "input": list(shape),
+                    "ratio": times["ConvInputGradient"] / times["autograd"],
+                }
+            )
+        ratio = totals["ConvInputGradient"] / totals["autograd"]
+        results[arch] = {"seconds": totals, "ratio": ratio, "layers": layers}
+    return results
+
+
+def table(results: dict, layers: bool = False) -> str:
+    rows = [
+        [
+            arch,
+            f"{entry['seconds']['autograd']:.3f}",
+            f"{entry['seconds']['ConvInputGradient']:.3f}",
+            f"{entry['ratio']:.2f}",
+        ]
+        for arch, entry in results.items()
+    ]
+    text = markdown_table(["arch", "autograd s", "ConvInputGradient s", "ratio"], rows)
+    if layers:
+        layer_rows = [
+            [arch, str(tuple(layer["weight"])), str(tuple(layer["input"])), f"{layer['ratio']:.2f}"]
+            for arch, entry in results.items()
+            for layer in entry["layers"]
+        ]
+        text += "\n\n" + markdown_table(["arch", "weight", "input", "ratio"], layer_rows)
+    return text
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_benchmark_options(parser)
@@ -81,37 +123,9 @@ def main() -> None:
     args = parser.parse_args()
     device = resolve_device(args.device)
     print(environment(device))
-    rows, layer_rows = [], []
-    for arch in args.archs.split(","):
-        totals = {"autograd": 0.0, "ConvInputGradient": 0.0}
-        for conv, shape in conv_inputs(arch, args.batch, args.size, device):
-            times = interleaved_min_times(derivative_cases(conv, shape), args.repeats, device)
-            sync(device)
-            for name, seconds in times.items():
-                totals[name] += seconds
-            layer_rows.append(
-                [
-                    arch,
-                    str(tuple(conv.weight.shape)),
-                    str(tuple(shape)),
-                    f"{times['ConvInputGradient'] / times['autograd']:.2f}",
-                ]
-            )
-        ratio = totals["ConvInputGradient"] / totals["autograd"]
-        rows.append(
-            [
-                arch,
-                f"{totals['autograd']:.3f}",
-                f"{totals['ConvInputGradient']:.3f}",
-                f"{ratio:.2f}",
-            ]
-        )
+    results = run(args.archs.split(","), args.batch, args.size, args.repeats, device)
     print(f"batch {args.batch}, {args.size} px, seconds summed over all convolutions\n")
-    header = ["arch", "autograd s", "ConvInputGradient s", "ratio"]
-    print(markdown_table(header, rows))
-    if args.layers:
-        print()
-        print(markdown_table(["arch", "weight", "input", "ratio"], layer_rows))
+    print(table(results, args.layers))
 
 
 if __name__ == "__main__":

@@ -6,6 +6,8 @@
   memory ratios to one classification training step;
 * all-class maps: ``K = 10`` LRP maps in one call vs ``K`` one-class calls,
   and multi-hot targets (only present classes computed);
+* the derivative of a convolution's input gradient, autograd's against
+  ``ConvInputGradient`` (``conv_double_backward.py``);
 * the results go to ``benchmarks/results.json`` and between the
   ``<!-- BENCHMARK:... -->`` markers of ``docs/benchmarks.md``, with the
   targets of the performance issue next to each measured ratio.
@@ -31,6 +33,8 @@ from common import (  # noqa: E402
     markdown_table,
     resolve_device,
 )
+from conv_double_backward import run as run_conv_double_backward  # noqa: E402
+from conv_double_backward import table as conv_double_backward_table  # noqa: E402
 from heatmap_cost import run as run_heatmap_cost  # noqa: E402
 from heatmap_cost import table as heatmap_cost_table  # noqa: E402
 
@@ -87,6 +91,9 @@ def main() -> None:
     results["all_class"] = {
         arch: all_class_costs(arch, args.batch, args.size, args.repeats, device) for arch in archs
     }
+    results["conv_double_backward"] = run_conv_double_backward(
+        archs, args.batch, args.size, args.repeats, device
+    )
     Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
 
     env = results["environment"]
@@ -134,10 +141,18 @@ def main() -> None:
     text = docs.read_text() if docs.exists() else "# Benchmarks\n"
     text = replace_block(text, "heatmap_cost", cost)
     text = replace_block(text, "all_class", all_class)
+    conv = (
+        f"Seconds summed over all convolutions (batch {args.batch}, {args.size} px, minimum of "
+        f"{args.repeats} interleaved repeats per layer):\n\n"
+        + conv_double_backward_table(results["conv_double_backward"])
+    )
+    text = replace_block(text, "conv_double_backward", conv)
     docs.write_text(text)
     print(cost)
     print()
     print(all_class)
+    print()
+    print(conv)
     print(json.dumps(environment(device)))
 
 

@@ -78,3 +78,17 @@ def test_overridden_forward_has_no_geometry():
     module = nn.Conv2d(2, 2, 3)
     module.forward = lambda x: x  # e.g. a canonizer's replacement
     assert ConvGeometry.of(module) is None
+
+
+def test_benchmark_script_runs_at_small_size():
+    """benchmarks/conv_double_backward.py measures every convolution of the model."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from conv_double_backward import run, table
+
+    results = run(["resnet18"], batch=2, size=32, repeats=1, device=torch.device("cpu"))
+    assert len(results["resnet18"]["layers"]) == 20
+    assert results["resnet18"]["ratio"] > 0
+    assert "| resnet18 |" in table(results, layers=True)

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from zennit.core import BasicHook, ParamMod, zero_wrap
 from zennit.rules import NoMod, ZPlus
 
+from .conv_relevance import ConvGeometry, conv_input_gradient
 from .division import plain_epsilon, stabilised_divide
 from .saved_weights import WeightRecipes
 
@@ -118,7 +119,8 @@ def zplus_relevance(
     On the non-negative input of a ReLU (checked on the values) ``x+ = x``
     (also in its derivative: ``clamp`` passes gradients at the bound) and the
     second term is zero, so neither the clamp nor the second layer and its
-    zero tensors are computed; the division is :class:`StabilisedDivide`.
+    zero tensors are computed; the division is :class:`StabilisedDivide`, and
+    on a plain convolution ``J^T`` is :func:`conv_input_gradient`.
     Values equal zennit's (the dropped terms are exact zeros).
     """
     with torch.enable_grad():
@@ -134,9 +136,18 @@ def zplus_relevance(
             z = out if z is None else z + out
         assert z is not None
         scaled = stabilised_divide(relevance, z, epsilon)
-        grads = torch.autograd.grad(
-            z, inputs, scaled, create_graph=create_graph, retain_graph=create_graph
-        )
+        geometry = ConvGeometry.of(module)
+        if geometry is not None:
+            # J_i^T of a convolution with a cheaper second derivative than autograd's
+            with torch.set_grad_enabled(create_graph):
+                grads = [
+                    conv_input_gradient(scaled, inp, params.get("weight", module.weight), geometry)
+                    for inp, params in zip(inputs, weights)
+                ]
+        else:
+            grads = torch.autograd.grad(
+                z, inputs, scaled, create_graph=create_graph, retain_graph=create_graph
+            )
     with torch.set_grad_enabled(create_graph):
         result = inputs[0] * grads[0]
         if len(inputs) == 2:
