@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import weakref
 
@@ -30,7 +31,7 @@ def _step(weight, scale, x, hooks: bool):
     if hooks:
         scale_values = scale.detach()
         recipes.remember(merged, lambda: weight * scale_values[index])
-    with recipes.saving():
+    with recipes.saving() if hooks else contextlib.nullcontext():
         y = F.conv2d(x, merged)
         # a differentiable backward inside, as in an LRP call: it keeps the weight a second time
         (g,) = torch.autograd.grad(y, x, torch.ones_like(y), create_graph=True)
@@ -115,3 +116,27 @@ def test_lrp_call_saves_no_computed_weight(small_model, small_input, composite):
     expected = torch.autograd.grad(again.maps.square().sum(), list(small_model.parameters()))
     for g, e in zip(grads, expected):
         torch.testing.assert_close(g, e, rtol=0, atol=0)
+
+
+def test_a_call_without_graph_leaves_no_graph_behind():
+    """Saved tensors are kept as detached aliases: a node saving its own output (a ReLU)
+    would otherwise hold itself through its saved output, and nothing would free the graph."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 3)
+    ).eval()
+    x = torch.rand(2, 3, 8, 8)
+    heatmap = heatmaps.LRPHeatmap(model, composite="epsilon")
+    live = weakref.WeakSet()
+
+    def remember(mod, args, out):
+        live.add(out)
+
+    handle = model[2].register_forward_hook(remember)
+    try:
+        for _ in range(3):
+            heatmap(x, 1)
+    finally:
+        handle.remove()
+    gc.collect()
+    assert len(live) == 0, f"{len(live)} ReLU outputs of finished calls are still alive"

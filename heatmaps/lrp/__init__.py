@@ -8,6 +8,11 @@ The package is split like zennit itself:
   *functionally* (no parameter is written);
 * :mod:`.gates` - the autograd functions that turn zennit rules into exactly
   differentiable backward passes;
+* :mod:`.basic_rules` - the relevance of rules with modified parameters (z+,
+  gamma, alpha-beta, ...) from live parameters;
+* :mod:`.division`, :mod:`.conv_relevance` - the stabilised division and a
+  convolution's input gradient, with cheap derivatives;
+* :mod:`.saved_weights` - computed weights saved as recipes, not kept;
 * :mod:`.heatmap` - :class:`LRPHeatmap`, the backend.
 """
 

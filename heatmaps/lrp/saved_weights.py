@@ -110,7 +110,12 @@ class WeightRecipes:
             recipe = self._lookup(tensor)
             if recipe is not None:
                 return True, recipe
-            return False, tensor if outer is None else outer[0](tensor)
+            if outer is not None:
+                return False, outer[0](tensor)
+            # a detached alias, as PyTorch keeps a saved tensor without hooks: the tensor
+            # itself would hold its grad_fn, and a node saving its own output (ReLU, exp)
+            # would form a cycle through C++ that nothing collects, leaking the graph
+            return False, tensor.detach()
 
         def unpack(packed: tuple[bool, Any]) -> Tensor:
             is_recipe, value = packed
