@@ -10,6 +10,8 @@ import heatmaps
 
 BACKENDS: dict[str, Callable[[nn.Module], heatmaps.Heatmap]] = {
     "lrp-epsilon": lambda m: heatmaps.LRPHeatmap(m, composite="epsilon"),
+    # the vectorised multi-class backward runs the epsilon gates' ordinary-operation fallbacks
+    "lrp-epsilon-vmap": lambda m: heatmaps.LRPHeatmap(m, composite="epsilon", batched=True),
     "lrp-epsilon-logit": lambda m: heatmaps.LRPHeatmap(m, composite="epsilon", relevance="logit"),
     "lrp-epsilon_plus_flat": lambda m: heatmaps.LRPHeatmap(m, composite="epsilon_plus_flat"),
     "lrp-epsilon_gamma_box": lambda m: heatmaps.LRPHeatmap(m, composite="epsilon_gamma_box"),

@@ -92,14 +92,16 @@ def test_lrp_equals_zennit_on_vgg_bn(composite):
     assert relative_error(ours, reference) <= 1e-6
 
 
-def test_all_classes_equal_one_class_at_a_time(small_model, small_input):
-    heatmap = heatmaps.LRPHeatmap(small_model, composite="epsilon_plus_flat")
+@pytest.mark.parametrize("composite", ["epsilon_plus_flat", "epsilon"])
+def test_all_classes_equal_one_class_at_a_time(small_model, small_input, composite):
+    heatmap = heatmaps.LRPHeatmap(small_model, composite=composite)
     every = heatmap(small_input, "all")
     for c in range(every.shape[1]):
         single = heatmap(small_input, c)[:, 0]
         assert torch.allclose(every[:, c], single, rtol=1e-10, atol=1e-12)
-    looped = heatmaps.LRPHeatmap(small_model, composite="epsilon_plus_flat", batched=False)
-    assert torch.allclose(every, looped(small_input, "all"), rtol=1e-10, atol=1e-12)
+    for batched in (False, True):
+        other = heatmaps.LRPHeatmap(small_model, composite=composite, batched=batched)
+        assert torch.allclose(every, other(small_input, "all"), rtol=1e-10, atol=1e-12)
 
 
 def captum_gradcam(model, layer, x, targets):

@@ -123,6 +123,8 @@ def epsilon_scale(relevance: Tensor, inverse: Tensor) -> Tensor:
     """
     if not is_legacy_batchedtensor(relevance):
         return EpsilonScale.apply(relevance, inverse)
+    if not torch.is_grad_enabled():  # maps without a graph: the product is all there is
+        return relevance * inverse
     constant = inverse.detach()
     scaled = relevance * constant
     with torch.no_grad():  # (legacy vmap has no batching rule for detach())

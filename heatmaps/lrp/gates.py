@@ -77,6 +77,10 @@ class GateState:
     active: bool = False
     create_graph: bool = False
     recipes: WeightRecipes | None = None
+    #: whether the K maps of a call run faster in one vectorised backward: true when a rule
+    #: recomputes its layer (z+, gamma, ...); the epsilon gates' custom functions do not
+    #: run under PyTorch's legacy vmap and are faster one class at a time
+    vectorise: bool = False
 
 
 def rule_kind(rule: object) -> str:

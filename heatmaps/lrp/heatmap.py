@@ -58,7 +58,17 @@ class LRPHeatmap(Heatmap):
         channel_reduction: how input relevance ``(B, 3, H, W)`` becomes a map:
             ``"sum"`` (relevance is conserved), ``"abs_sum"`` or ``"max_abs"``.
         batched: compute the ``K`` maps of one call in one vectorised backward
-            (``True``) or one backward per class on the shared forward.
+            (``True``), one backward per class on the shared forward
+            (``False``), or choose (``None``, the default): one per class when
+            every rule is a modified gradient (the ``"epsilon"`` composite),
+            vectorised otherwise. PyTorch's vectorised backward (legacy
+            ``vmap``) cannot run the custom autograd functions of the epsilon
+            gates and falls back to slower ordinary operations, one
+            convolution per class; measured (``K = 10``, batch 32, 64 px,
+            CPU) a resnet50 epsilon training step with all-class maps takes
+            9 s one class at a time against 19 s vectorised, while
+            ``epsilon_plus_flat`` is faster vectorised (18 s against 20 s;
+            maps alone 3.0 s against 5.5 s).
         relevance: output relevance of class ``c``: ``"one_hot"`` (``e_c``,
             zennit's convention) or ``"logit"`` (``y_c e_c``, the convention of
             Bach et al. 2015, where the relevance sums to the logit). The
@@ -79,7 +89,7 @@ class LRPHeatmap(Heatmap):
         composite: str | Composite = "epsilon_plus_flat",
         canonizers: str | Sequence[Canonizer] = "auto",
         channel_reduction: str = "sum",
-        batched: bool = True,
+        batched: bool | None = None,
         relevance: str = "one_hot",
         **composite_kwargs: Any,
     ) -> None:
@@ -126,6 +136,7 @@ class LRPHeatmap(Heatmap):
                 if rule is None:
                     continue
                 handles += _register_rule(module, rule, state)
+                state.vectorise |= rule_kind(rule) == "basic"
             self._state = state
             for canonizer in applied:
                 for merged, compute in getattr(canonizer, "merged_weights", ()):
@@ -148,7 +159,8 @@ class LRPHeatmap(Heatmap):
             grad_outputs = grad_outputs * (logits if create_graph else logits.detach())[None]
         state.active, state.create_graph = True, create_graph
         try:
-            relevance = batched_input_grad(logits, x, grad_outputs, create_graph, self.batched)
+            batched = state.vectorise if self.batched is None else self.batched
+            relevance = batched_input_grad(logits, x, grad_outputs, create_graph, batched)
         finally:
             state.active = False
         k, batch = relevance.shape[:2]
