@@ -15,9 +15,18 @@ CONVS = {
     "depthwise conv2d": lambda: nn.Conv2d(4, 4, 3, padding=1, groups=4),
     "conv2d 1x1 stride 2, no bias": lambda: nn.Conv2d(4, 8, 1, stride=2, bias=False),
     "conv2d 3x3 on 12x12 (own kernels)": lambda: nn.Conv2d(3, 5, 3, padding=1),
+    "conv2d dilation 2 (unfolded)": lambda: nn.Conv2d(3, 5, 3, dilation=2),
+    "conv2d 3x3 padding 1 (double backward)": lambda: nn.Conv2d(3, 5, 3, padding=1, bias=False),
 }
-# outputs of at least OWN_KERNELS_FROM positions or 1x1 kernels take the forward convolution
-# and weight-gradient kernels, smaller ones PyTorch's double backward: both are covered
+# which route ConvGeometry.derivatives takes (1x1 kernels: always the own kernels)
+ROUTES = {
+    "conv2d stride 2, padding 1": "unfolded",  # 4x4 output
+    "conv2d dilation 2 (unfolded)": "unfolded",  # 3x3 output
+    "conv2d 3x3 padding 1 (double backward)": "double backward",  # 7x7 output
+    "conv1d dilation 2, groups 2": "double backward",
+    "depthwise conv2d": "double backward",
+    "conv2d 3x3 on 12x12 (own kernels)": "own kernels",
+}
 
 
 def _case(name: str, batched: bool = True):
@@ -92,3 +101,27 @@ def test_benchmark_script_runs_at_small_size():
     assert len(results["resnet18"]["layers"]) == 20
     assert results["resnet18"]["ratio"] > 0
     assert "| resnet18 |" in table(results, layers=True)
+
+
+@pytest.mark.parametrize("name", sorted(ROUTES))
+def test_each_route_is_covered(name, monkeypatch):
+    """The cases above exercise every route of ``ConvGeometry.derivatives``."""
+    module, x, r, weight = _case(name)
+    geometry = ConvGeometry.of(module)
+    taken = []
+    unfolded = ConvGeometry._unfolded_derivatives
+    monkeypatch.setattr(
+        ConvGeometry,
+        "_unfolded_derivatives",
+        lambda self, *a: taken.append("unfolded") or unfolded(self, *a),
+    )
+    double = torch.ops.aten._convolution_double_backward
+    monkeypatch.setattr(
+        torch.ops.aten,
+        "_convolution_double_backward",
+        lambda *a: taken.append("double backward") or double(*a),
+        raising=False,
+    )
+    out = conv_input_gradient(r, x, weight, geometry)
+    torch.autograd.grad(out, [r, weight], torch.randn_like(out))
+    assert taken == ([] if ROUTES[name] == "own kernels" else [ROUTES[name]])

@@ -17,9 +17,18 @@ over batch-transposed tensors instead. On the CPU (oneDNN) the weight-gradient
 kernel is much faster for 1x1 kernels and for outputs of 8x8 positions or
 more, and slower for larger kernels on smaller outputs (resnet's last stages
 at 64 px input); :meth:`ConvGeometry.grad_weight_of_input_gradient` takes the
-faster one by that rule. Measured with ``benchmarks/conv_double_backward.py``
-(batch 32, 64 px, summed over all convolutions; see docs/benchmarks.md). No
-library offers this derivative, so it is written here from the ATen kernels.
+faster one by that rule. For 2-d convolutions with at most
+:data:`UNFOLD_UP_TO` output positions (the last stages of a ResNet at 64 px)
+both oneDNN routes are slow (its weight-gradient kernel on a 2x2 output takes
+several times as long as the forward convolution), and both terms come from
+one unfolded input and two matrix products::
+
+    cols  = unfold(s)                                  (B, C k k, L)
+    dL/dr = W_flat @ cols,    dL/dW = r_flat @ cols^T
+
+Measured with ``benchmarks/conv_double_backward.py`` (batch 32, 64 px, summed
+over all convolutions; see docs/benchmarks.md). No library offers this
+derivative, so it is written here from the ATen kernels and matrix products.
 """
 
 from __future__ import annotations
@@ -27,6 +36,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch._C._functorch import is_legacy_batchedtensor
 from torch.autograd import Function
@@ -34,6 +44,8 @@ from torch.autograd.function import once_differentiable
 
 #: output positions from which the own kernels are faster than autograd's (measured on the CPU)
 OWN_KERNELS_FROM = 64
+#: output positions up to which the unfolded matrix products are faster (2-d, measured on the CPU)
+UNFOLD_UP_TO = 16
 _PLAIN_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
@@ -72,13 +84,18 @@ class ConvGeometry:
 
         For 1x1 kernels and outputs of at least :data:`OWN_KERNELS_FROM`
         positions: the forward convolution and the weight-gradient kernel
-        (at input ``s``, output gradient ``r``). Otherwise PyTorch's
+        (at input ``s``, output gradient ``r``). For other 2-d kernels with at
+        most :data:`UNFOLD_UP_TO` output positions and no groups: two matrix
+        products on the unfolded ``s``. Otherwise PyTorch's
         ``_convolution_double_backward`` (autograd's own derivative), which
         is faster there on the CPU.
         """
         zeros = [0] * len(self.stride)
         pointwise = all(size == 1 for size in weight.shape[2:])
-        if not pointwise and r[0, 0].numel() < OWN_KERNELS_FROM:
+        positions = r[0, 0].numel()
+        if not pointwise and positions <= UNFOLD_UP_TO and self.groups == 1 and r.dim() == 4:
+            return self._unfolded_derivatives(s, r, weight, need_r, need_weight)
+        if not pointwise and positions < OWN_KERNELS_FROM:
             grad_r, _, grad_weight = torch.ops.aten._convolution_double_backward(
                 s,
                 None,
@@ -97,6 +114,27 @@ class ConvGeometry:
             return grad_r, grad_weight
         grad_r = self.forward(s, weight) if need_r else None
         grad_weight = self._backward(r, s, weight, (False, True, False))[1] if need_weight else None
+        return grad_r, grad_weight
+
+    def _unfolded_derivatives(
+        self, s: Tensor, r: Tensor, weight: Tensor, need_r: bool, need_weight: bool
+    ) -> tuple[Tensor | None, Tensor | None]:
+        """Both derivatives from ``cols = unfold(s)`` and two matrix products (see the module docstring)."""
+        cols = F.unfold(
+            s, weight.shape[2:], dilation=self.dilation, padding=self.padding, stride=self.stride
+        )
+        batch, patch, positions = cols.shape
+        channels = weight.shape[0]
+        # (C k k, B L): one product over the whole batch instead of B small ones
+        cols = cols.transpose(0, 1).reshape(patch, batch * positions)
+        grad_r = grad_weight = None
+        if need_r:
+            grad_r = torch.mm(weight.reshape(channels, patch), cols)
+            grad_r = grad_r.view(channels, batch, *r.shape[2:]).transpose(0, 1).contiguous()
+        if need_weight:
+            rows = r.reshape(batch, channels, positions).transpose(0, 1)
+            grad_weight = torch.mm(rows.reshape(channels, batch * positions), cols.t())
+            grad_weight = grad_weight.view_as(weight)
         return grad_r, grad_weight
 
     def forward(self, x: Tensor, weight: Tensor) -> Tensor:
