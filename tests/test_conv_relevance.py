@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from heatmaps.lrp.conv_relevance import ConvGeometry, conv_input_gradient
+from heatmaps.lrp.conv_relevance import ConvGeometry, conv_forward, conv_input_gradient
 
 CONVS = {
     "conv2d stride 2, padding 1": lambda: nn.Conv2d(4, 6, 3, stride=2, padding=1),
@@ -125,3 +125,27 @@ def test_each_route_is_covered(name, monkeypatch):
     out = conv_input_gradient(r, x, weight, geometry)
     torch.autograd.grad(out, [r, weight], torch.randn_like(out))
     assert taken == ([] if ROUTES[name] == "own kernels" else [ROUTES[name]])
+
+
+@pytest.mark.parametrize("name", sorted(CONVS))
+def test_conv_forward_equals_autograd(name):
+    """``ConvForward`` (recomputed z+ layers): values and all three gradients equal autograd's."""
+    module, x, _, weight = _case(name)
+    geometry = ConvGeometry.of(module)
+    bias = module.bias.detach().clone().requires_grad_(True) if module.bias is not None else None
+    inp = x.clone().requires_grad_(True)
+    leaves = [t for t in (inp, weight, bias) if t is not None]
+    reference = module._conv_forward(inp, weight, bias)
+    ours = conv_forward(inp, weight, bias, geometry)
+    torch.testing.assert_close(ours, reference, rtol=0, atol=1e-12)
+    g = torch.randn_like(ours)
+    for a, b in zip(
+        torch.autograd.grad(ours, leaves, g), torch.autograd.grad(reference, leaves, g)
+    ):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    assert torch.autograd.gradcheck(
+        lambda *t: conv_forward(t[0], t[1], t[2] if len(t) > 2 else None, geometry),
+        tuple(leaves),
+        eps=1e-6,
+        atol=1e-8,
+    )

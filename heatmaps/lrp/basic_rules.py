@@ -8,10 +8,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch._C._functorch import is_legacy_batchedtensor
 from zennit.core import BasicHook, ParamMod, zero_wrap
 from zennit.rules import NoMod, ZPlus
 
-from .conv_relevance import ConvGeometry, conv_input_gradient
+from .conv_relevance import ConvGeometry, conv_forward, conv_input_gradient
 from .division import plain_epsilon, stabilised_divide
 from .saved_weights import WeightRecipes
 
@@ -123,6 +124,14 @@ def zplus_relevance(
     on a plain convolution ``J^T`` is :func:`conv_input_gradient`.
     Values equal zennit's (the dropped terms are exact zeros).
     """
+    geometry = ConvGeometry.of(module)
+    # the recomputed convolution with a cheaper weight gradient (not under legacy vmap, which
+    # does not record custom autograd functions)
+    own_forward = (
+        geometry is not None
+        and x.dim() == module.weight.dim()
+        and not is_legacy_batchedtensor(relevance)
+    )
     with torch.enable_grad():
         positive_only = not bool((x < 0).any())
         terms = [(0, x)] if positive_only else [(0, x.clamp(min=0)), (1, x.clamp(max=0))]
@@ -131,12 +140,16 @@ def zplus_relevance(
             params = modified_parameters(rule.param_modifiers[i], module, recipes)
             weights.append(params)  # alive until the inner backward: see WeightRecipes
             inp = inp.view_as(inp) if inp.requires_grad else inp.detach().requires_grad_(True)
-            out = functional_forward(module, params, inp)
+            if own_forward:
+                assert geometry is not None
+                weight, bias = params.get("weight", module.weight), params.get("bias", module.bias)
+                out = conv_forward(inp, weight, bias, geometry)
+            else:
+                out = functional_forward(module, params, inp)
             inputs.append(inp)
             z = out if z is None else z + out
         assert z is not None
         scaled = stabilised_divide(relevance, z, epsilon)
-        geometry = ConvGeometry.of(module)
         if geometry is not None:
             # J_i^T of a convolution with a cheaper second derivative than autograd's
             with torch.set_grad_enabled(create_graph):

@@ -137,6 +137,30 @@ class ConvGeometry:
             grad_weight = grad_weight.view_as(weight)
         return grad_r, grad_weight
 
+    def forward_derivatives(
+        self, grad: Tensor, x: Tensor, weight: Tensor, needs: tuple[bool, bool, bool]
+    ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+        """Gradients of ``<grad, conv(x; W) + b>`` w.r.t. ``x``, ``W`` and ``b``.
+
+        ATen's ``convolution_backward``, except that the weight gradient of a
+        2-d output of at most :data:`UNFOLD_UP_TO` positions (no groups, not
+        1x1) is the matrix product ``grad_flat @ unfold(x)^T``.
+        """
+        need_x, need_weight, need_bias = needs
+        pointwise = all(size == 1 for size in weight.shape[2:])
+        small = grad.dim() == 4 and grad[0, 0].numel() <= UNFOLD_UP_TO and self.groups == 1
+        if not (need_weight and small and not pointwise):
+            bias_sizes = [weight.shape[0]] if need_bias else None
+            zeros = [0] * len(self.stride)
+            return torch.ops.aten.convolution_backward(
+                grad, x, weight, bias_sizes, self.stride, self.padding, self.dilation,
+                False, zeros, self.groups, [need_x, need_weight, need_bias],
+            )  # fmt: skip
+        grad_x = self._backward(grad, x, weight, (True, False, False))[0] if need_x else None
+        grad_weight = self._unfolded_derivatives(x, grad, weight, False, True)[1]
+        grad_bias = grad.sum((0, 2, 3)) if need_bias else None
+        return grad_x, grad_weight, grad_bias
+
     def forward(self, x: Tensor, weight: Tensor) -> Tensor:
         """``conv(x; W)`` without bias."""
         zeros = [0] * len(self.stride)
@@ -183,6 +207,39 @@ class ConvInputGradient(Function):
         need_r, _, need_weight, _ = ctx.needs_input_grad
         grad_r, grad_weight = ctx.geometry.derivatives(grad, r, weight, need_r, need_weight)
         return grad_r, None, grad_weight, None
+
+
+class ConvForward(Function):
+    """``z = conv(x; W) + b``, with the weight gradient of :meth:`ConvGeometry.forward_derivatives`.
+
+    For the layers an LRP rule recomputes with modified weights (z+): on the
+    small outputs of a network's last stages oneDNN's weight-gradient kernel
+    is several times slower than the matrix product used there.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx, x: Tensor, weight: Tensor, bias: Tensor | None, geometry: ConvGeometry
+    ) -> Tensor:
+        ctx.geometry = geometry
+        ctx.save_for_backward(x, weight)
+        zeros = [0] * len(geometry.stride)
+        return torch.ops.aten.convolution(
+            x, weight, bias, geometry.stride, geometry.padding, geometry.dilation,
+            False, zeros, geometry.groups,
+        )  # fmt: skip
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        x, weight = ctx.saved_tensors
+        needs = tuple(ctx.needs_input_grad[:3])
+        return (*ctx.geometry.forward_derivatives(grad, x, weight, needs), None)  # type: ignore[arg-type]
+
+
+def conv_forward(x: Tensor, weight: Tensor, bias: Tensor | None, geometry: ConvGeometry) -> Tensor:
+    """:class:`ConvForward` (``x`` batched; not for use under legacy ``vmap``, see :func:`conv_input_gradient`)."""
+    return ConvForward.apply(x, weight, bias, geometry)
 
 
 def conv_input_gradient(r: Tensor, x: Tensor, weight: Tensor, geometry: ConvGeometry) -> Tensor:
