@@ -5,7 +5,7 @@ STAMP := .venv/.installed
 # slow everything down several times on a small shared machine
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: demo test lint docs data clean
+.PHONY: demo test lint docs data bench clean
 
 $(STAMP): setup.cfg pyproject.toml
 	@test -d .venv || python3 -m venv .venv
@@ -26,6 +26,10 @@ test: $(STAMP) data
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m pytest -q --durations=15
+
+# every benchmark side by side; writes benchmarks/results.json and the tables of docs/benchmarks.md
+bench: $(STAMP)
+	$(PY) benchmarks/run_all.py --repeats 5
 
 docs: $(STAMP)
 	.venv/bin/mkdocs build --strict

@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -32,23 +33,43 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def interleaved_min_times(
+def interleaved_times(
     cases: dict[str, Callable[[], object]], repeats: int, device: torch.device, warmup: int = 1
-) -> dict[str, float]:
-    """Minimum seconds per case over ``repeats`` interleaved rounds."""
+) -> dict[str, list[float]]:
+    """Seconds per case in each of ``repeats`` interleaved rounds (round-robin over the cases)."""
     for _ in range(warmup):
         for fn in cases.values():
             fn()
             sync(device)
-    best = dict.fromkeys(cases, float("inf"))
+    seconds: dict[str, list[float]] = {name: [] for name in cases}
     for _ in range(repeats):
         for name, fn in cases.items():
             sync(device)
             start = time.perf_counter()
             fn()
             sync(device)
-            best[name] = min(best[name], time.perf_counter() - start)
-    return best
+            seconds[name].append(time.perf_counter() - start)
+    return seconds
+
+
+def interleaved_min_times(
+    cases: dict[str, Callable[[], object]], repeats: int, device: torch.device, warmup: int = 1
+) -> dict[str, float]:
+    """Minimum seconds per case over ``repeats`` interleaved rounds."""
+    return {name: min(t) for name, t in interleaved_times(cases, repeats, device, warmup).items()}
+
+
+def median_round_ratios(seconds: dict[str, list[float]], base: str) -> dict[str, float]:
+    """Per case, the median over rounds of its time divided by ``base``'s time in the same round.
+
+    On a shared machine the load drifts between rounds; a ratio taken within
+    one round sees the same load in numerator and denominator, so its median
+    moves less from run to run than the ratio of the two minima.
+    """
+    return {
+        name: statistics.median(t / b for t, b in zip(times, seconds[base]))
+        for name, times in seconds.items()
+    }
 
 
 def saved_tensor_bytes(fn: Callable[[], object]) -> int:
@@ -143,6 +164,8 @@ def environment(device: torch.device) -> dict[str, object]:
         "torch": torch.__version__,
         "device": str(device),
         "threads": torch.get_num_threads(),
+        # idle OpenMP threads spin unless PASSIVE (the Makefile's setting); it changes timings
+        "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "unset"),
         "machine": platform.machine(),
         "processor": platform.processor() or platform.machine(),
     }

@@ -31,8 +31,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
     add_benchmark_options,
     environment,
-    interleaved_min_times,
+    interleaved_times,
     markdown_table,
+    median_round_ratios,
     peak_bytes,
     resolve_device,
     run_with_mmap_threshold,
@@ -122,13 +123,15 @@ def run(archs: list[str], batch: int, size: int, repeats: int, device: torch.dev
     results: dict = {"environment": environment(device), "batch": batch, "size": size, "archs": {}}
     for arch in archs:
         steps, maps = build_cases(arch, batch, size, device)
-        times = interleaved_min_times({**steps, **maps}, repeats, device)
+        rounds = interleaved_times({**steps, **maps}, repeats, device)
+        times = {name: min(t) for name, t in rounds.items()}
         base = times["classification step"]
         memory = {name: saved_tensor_bytes(fn) for name, fn in steps.items()}
         peak = step_peaks(arch, batch, size, device, steps)
         results["archs"][arch] = {
             "seconds": times,
             "ratio": {name: t / base for name, t in times.items()},
+            "median_ratio": median_round_ratios(rounds, "classification step"),
             "peak_bytes": peak,
             "peak_ratio": {k: v / peak["classification step"] for k, v in peak.items()},
             "saved_bytes": memory,
@@ -137,6 +140,9 @@ def run(archs: list[str], batch: int, size: int, repeats: int, device: torch.dev
         if "zennit attributor" in times:
             results["archs"][arch]["ratio"]["LRPHeatmap, no graph / zennit attributor"] = (
                 times["LRPHeatmap, no graph"] / times["zennit attributor"]
+            )
+            results["archs"][arch]["median_ratio"]["LRPHeatmap, no graph / zennit attributor"] = (
+                median_round_ratios(rounds, "zennit attributor")["LRPHeatmap, no graph"]
             )
     return results
 

@@ -100,7 +100,9 @@ def main() -> None:
     header = (
         f"Measured on {env['device']} ({env['processor']}, {env['threads']} threads), torch "
         f"{env['torch']}, batch {args.batch}, {args.size} px, minimum of {args.repeats} "
-        "interleaved repeats; time ratios are to one classification training step. Peak memory "
+        "interleaved repeats; time ratios are to one classification training step (ratio of "
+        "the minima; the targets also give the median over rounds of the ratio within a round). "
+        f"OMP_WAIT_POLICY={env.get('OMP_WAIT_POLICY', 'unset')}. Peak memory "
         "is the increase of the resident set during one step (allocated memory on CUDA), "
         "parameter gradients included; the saved-tensor ratio compares bytes of tensors "
         "autograd saves for backward.\n\n"
@@ -111,8 +113,12 @@ def main() -> None:
         row: list[object] = [name, f"<= {target}"]
         for arch in archs:
             value = results["archs"][arch]["ratio"].get(name)
+            median = results["archs"][arch]["median_ratio"].get(name)
+            verdict = "" if value is None else f" ({'met' if value <= target else 'not met'})"
             row.append(
-                "–" if value is None else f"{value:.2f} ({'met' if value <= target else 'not met'})"
+                "–"
+                if value is None
+                else f"{value:.2f}{verdict}" + ("" if median is None else f"; median {median:.2f}")
             )
         target_rows.append(row)
     for name in ("LRP epsilon step", "LRP epsilon_plus_flat step"):
