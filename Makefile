@@ -4,6 +4,10 @@ STAMP := .venv/.installed
 # torch's OpenMP threads sleep instead of spinning while they wait: spinning threads
 # slow everything down several times on a small shared machine
 export OMP_WAIT_POLICY ?= PASSIVE
+# glibc hands large freed blocks back to the system and maps them again, page-faulting
+# every page of each new activation-sized tensor (an LRP training step of resnet50 faulted
+# 58,000 pages per step, about 8 % of its time): keep them in the heap for runs that train
+GLIBC_MALLOC := MALLOC_MMAP_THRESHOLD_=1073741824 MALLOC_TRIM_THRESHOLD_=2147483648
 
 .PHONY: demo test lint docs data bench clean
 
@@ -20,7 +24,7 @@ data:
 	fi
 
 demo: $(STAMP) data
-	$(PY) -m rrr.demo
+	$(GLIBC_MALLOC) $(PY) -m rrr.demo
 
 test: $(STAMP) data
 	$(PY) -m ruff check .
@@ -29,7 +33,7 @@ test: $(STAMP) data
 
 # every benchmark side by side; writes benchmarks/results.json and the tables of docs/benchmarks.md
 bench: $(STAMP)
-	$(PY) benchmarks/run_all.py --repeats 5
+	$(GLIBC_MALLOC) $(PY) benchmarks/run_all.py --repeats 5
 
 docs: $(STAMP)
 	.venv/bin/mkdocs build --strict

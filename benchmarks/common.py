@@ -101,18 +101,24 @@ MALLOC_MMAP_THRESHOLD = "65536"
 
 
 def _mmap_threshold_env() -> dict[str, str]:
-    return {**os.environ, "MALLOC_MMAP_THRESHOLD_": MALLOC_MMAP_THRESHOLD}
+    # the Makefile's timing settings raise both thresholds; a peak measurement needs the
+    # low mmap threshold and glibc's own trimming
+    env = {k: v for k, v in os.environ.items() if k != "MALLOC_TRIM_THRESHOLD_"}
+    return {**env, "MALLOC_MMAP_THRESHOLD_": MALLOC_MMAP_THRESHOLD}
 
 
 def ensure_malloc_mmap_threshold() -> None:
-    """Re-execute the running script with ``MALLOC_MMAP_THRESHOLD_`` set, unless it is.
+    """Re-execute the running script with ``MALLOC_MMAP_THRESHOLD_`` set (and glibc's trimming), unless it is.
 
     glibc reads the variable at process start only; without it, freed memory of
     one step can stay in the heap and the next step's peak RSS increase is
     under-counted. Call it first thing in ``main()`` of a script that uses
     :func:`peak_rss_bytes`.
     """
-    if os.environ.get("MALLOC_MMAP_THRESHOLD_") is None:
+    if (
+        os.environ.get("MALLOC_MMAP_THRESHOLD_") != MALLOC_MMAP_THRESHOLD
+        or "MALLOC_TRIM_THRESHOLD_" in os.environ
+    ):
         os.execve(sys.executable, [sys.executable, *sys.argv], _mmap_threshold_env())
 
 
@@ -166,6 +172,9 @@ def environment(device: torch.device) -> dict[str, object]:
         "threads": torch.get_num_threads(),
         # idle OpenMP threads spin unless PASSIVE (the Makefile's setting); it changes timings
         "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "unset"),
+        # glibc's thresholds: raised, they stop the page faults of re-mapped large buffers
+        "MALLOC_MMAP_THRESHOLD_": os.environ.get("MALLOC_MMAP_THRESHOLD_", "default"),
+        "MALLOC_TRIM_THRESHOLD_": os.environ.get("MALLOC_TRIM_THRESHOLD_", "default"),
         "machine": platform.machine(),
         "processor": platform.processor() or platform.machine(),
     }
