@@ -16,7 +16,7 @@ derivative of the recorded ``convolution_backward`` (its
 over batch-transposed tensors instead. On the CPU (oneDNN) the weight-gradient
 kernel is much faster for 1x1 kernels and for outputs of 8x8 positions or
 more, and slower for larger kernels on smaller outputs (resnet's last stages
-at 64 px input); :meth:`ConvGeometry.grad_weight_of_input_gradient` takes the
+at 64 px input); :meth:`ConvGeometry.derivatives` takes the
 faster one by that rule. For 2-d convolutions with at most
 :data:`UNFOLD_UP_TO` output positions (the last stages of a ResNet at 64 px)
 both oneDNN routes are slow (its weight-gradient kernel on a 2x2 output takes
