@@ -91,11 +91,10 @@ class ConvGeometry:
         is faster there on the CPU.
         """
         zeros = [0] * len(self.stride)
-        pointwise = all(size == 1 for size in weight.shape[2:])
-        positions = r[0, 0].numel()
-        if not pointwise and positions <= UNFOLD_UP_TO and self.groups == 1 and r.dim() == 4:
+        if self._unfolds(r, weight):
             return self._unfolded_derivatives(s, r, weight, need_r, need_weight)
-        if not pointwise and positions < OWN_KERNELS_FROM:
+        pointwise = all(size == 1 for size in weight.shape[2:])
+        if not pointwise and r[0, 0].numel() < OWN_KERNELS_FROM:
             grad_r, _, grad_weight = torch.ops.aten._convolution_double_backward(
                 s,
                 None,
@@ -115,6 +114,20 @@ class ConvGeometry:
         grad_r = self.forward(s, weight) if need_r else None
         grad_weight = self._backward(r, s, weight, (False, True, False))[1] if need_weight else None
         return grad_r, grad_weight
+
+    def _unfolds(self, out: Tensor, weight: Tensor) -> bool:
+        """Whether the weight term for the output-shaped ``out`` goes the unfolded way.
+
+        A 2-d convolution without groups, not 1x1, with at most
+        :data:`UNFOLD_UP_TO` output positions.
+        """
+        pointwise = all(size == 1 for size in weight.shape[2:])
+        return (
+            not pointwise
+            and out.dim() == 4
+            and out[0, 0].numel() <= UNFOLD_UP_TO
+            and self.groups == 1
+        )
 
     def _unfolded_derivatives(
         self, s: Tensor, r: Tensor, weight: Tensor, need_r: bool, need_weight: bool
@@ -147,34 +160,30 @@ class ConvGeometry:
         1x1) is the matrix product ``grad_flat @ unfold(x)^T``.
         """
         need_x, need_weight, need_bias = needs
-        pointwise = all(size == 1 for size in weight.shape[2:])
-        small = grad.dim() == 4 and grad[0, 0].numel() <= UNFOLD_UP_TO and self.groups == 1
-        if not (need_weight and small and not pointwise):
-            bias_sizes = [weight.shape[0]] if need_bias else None
-            zeros = [0] * len(self.stride)
-            return torch.ops.aten.convolution_backward(
-                grad, x, weight, bias_sizes, self.stride, self.padding, self.dilation,
-                False, zeros, self.groups, [need_x, need_weight, need_bias],
-            )  # fmt: skip
+        if not (need_weight and self._unfolds(grad, weight)):
+            return self._backward(grad, x, weight, needs, bias=need_bias)
         grad_x = self._backward(grad, x, weight, (True, False, False))[0] if need_x else None
         grad_weight = self._unfolded_derivatives(x, grad, weight, False, True)[1]
         grad_bias = grad.sum((0, 2, 3)) if need_bias else None
         return grad_x, grad_weight, grad_bias
 
-    def forward(self, x: Tensor, weight: Tensor) -> Tensor:
-        """``conv(x; W)`` without bias."""
+    def forward(self, x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+        """``conv(x; W) + b`` (no bias by default)."""
         zeros = [0] * len(self.stride)
         return torch.ops.aten.convolution(
-            x, weight, None, self.stride, self.padding, self.dilation, False, zeros, self.groups
+            x, weight, bias, self.stride, self.padding, self.dilation, False, zeros, self.groups
         )
 
-    def _backward(self, r: Tensor, x: Tensor, weight: Tensor, mask: tuple) -> tuple:
+    def _backward(
+        self, r: Tensor, x: Tensor, weight: Tensor, mask: tuple, bias: bool = False
+    ) -> tuple:
+        """ATen's ``convolution_backward``; ``mask[2]`` and ``bias`` when the layer has a bias."""
         zeros = [0] * len(self.stride)
         return torch.ops.aten.convolution_backward(
             r,
             x,
             weight,
-            None,
+            [weight.shape[0]] if bias else None,
             self.stride,
             self.padding,
             self.dilation,
@@ -223,11 +232,7 @@ class ConvForward(Function):
     ) -> Tensor:
         ctx.geometry = geometry
         ctx.save_for_backward(x, weight)
-        zeros = [0] * len(geometry.stride)
-        return torch.ops.aten.convolution(
-            x, weight, bias, geometry.stride, geometry.padding, geometry.dilation,
-            False, zeros, geometry.groups,
-        )  # fmt: skip
+        return geometry.forward(x, weight, bias)
 
     @staticmethod
     @once_differentiable
