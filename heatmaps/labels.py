@@ -8,9 +8,10 @@ unlabelled pixels, which no loss or metric counts.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["IGNORE_INDEX", "class_masks"]
+__all__ = ["IGNORE_INDEX", "class_masks", "classification_loss"]
 
 IGNORE_INDEX = 255
 """Label of unlabelled or ignored pixels (PASCAL VOC's boundary value)."""
@@ -24,3 +25,20 @@ def class_masks(target: Tensor, num_classes: int) -> Tensor:
     """
     classes = torch.arange(1, num_classes + 1, device=target.device)
     return target[:, None] == classes[None, :, None, None]
+
+
+def classification_loss(logits: Tensor, labels: Tensor) -> Tensor:
+    """Multi-label binary cross-entropy of class logits against image-level labels.
+
+    ``L = -1/(B C) sum_{b,c} [y_bc log sigmoid(l_bc) + (1 - y_bc) log(1 - sigmoid(l_bc))]``,
+    the multi-label soft-margin loss of Yu et al. (segmentation paper) and the
+    classification term of Stalder et al. (NeurIPS 2022, sec. 3; mean reduction
+    as ``torch.nn.BCEWithLogitsLoss``). Only the first ``C = labels.shape[1]``
+    logits count, so a classifier with an extra background output neuron is
+    scored on its foreground classes.
+
+    Args:
+        logits: ``(B, C')`` class logits, ``C' >= C``.
+        labels: ``(B, C)`` targets in ``[0, 1]``.
+    """
+    return F.binary_cross_entropy_with_logits(logits[:, : labels.shape[1]], labels.to(logits.dtype))
