@@ -10,7 +10,7 @@ backward; parameter gradients included, no optimizer) of:
 * ``Grad-CAM``: :class:`heatmaps.GradCAMHeatmap`, maps with ``create_graph=True``;
 * ``input x gradient``: :class:`heatmaps.InputXGradientHeatmap` (double backprop);
 
-each without and with :func:`heatmaps.checkpointing.activation_checkpointing`
+each without and with :func:`heatmaps.recomputation.activation_checkpointing`
 of the default modules (``layer1`` .. ``layer4`` of a ResNet). On the CPU the
 peak is the increase of the process's resident set during the step
 (``peak_rss_bytes`` in ``common.py``; the script re-executes itself with
@@ -47,7 +47,7 @@ from common import (  # noqa: E402
 )
 
 import heatmaps  # noqa: E402
-from heatmaps.checkpointing import activation_checkpointing  # noqa: E402
+from heatmaps.recomputation import activation_checkpointing  # noqa: E402
 
 MIB = 2**20
 METHODS = ("classification", "Grad-CAM", "input x gradient")

@@ -2,10 +2,12 @@
 
 >>> from heatmaps import LRPHeatmap
 >>> maps = LRPHeatmap(model, composite="epsilon_plus_flat")(x, targets, create_graph=True)
+
+Importing the package imports every built-in backend; each registers itself
+under its ``name`` (see :mod:`heatmaps.registry`), so :func:`available` lists them all.
 """
 
 from .base import Explanation, Heatmap
-from .checkpointing import activation_checkpointing, default_checkpoint_modules, is_checkpointed
 from .explainer import ExplainerHeatmap
 from .gradcam import GradCAMHeatmap
 from .gradients import (
@@ -15,7 +17,8 @@ from .gradients import (
     SmoothGradHeatmap,
 )
 from .lrp import LRPHeatmap
-from .registry import available, get, register
+from .recomputation import activation_checkpointing, default_checkpoint_modules, is_checkpointed
+from .registry import available, get, register, unregister
 
 __all__ = [
     "ExplainerHeatmap",
@@ -33,5 +36,6 @@ __all__ = [
     "get",
     "is_checkpointed",
     "register",
+    "unregister",
 ]
 __version__ = "0.1.0"

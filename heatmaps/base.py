@@ -1,6 +1,8 @@
 """The common interface every heatmap backend implements.
 
-A backend subclasses :class:`Heatmap` and implements two methods:
+A backend subclasses :class:`Heatmap`, sets ``name`` in its class body (which
+registers it under that name, see :mod:`heatmaps.registry`) and implements two
+methods:
 
 * :meth:`Heatmap._attached` - a context manager that prepares the model for one
   call on the input batch (registers hooks, swaps canonized parameters in) and undoes it all on
@@ -23,6 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from . import registry
 from .targets import ResolvedTargets, TargetsLike, resolve_targets
 
 
@@ -77,6 +80,60 @@ def check_logits(logits: object, batch: int) -> Tensor:
     return logits
 
 
+#: the buffers of a norm layer that a forward pass in training mode writes
+NORM_STATISTICS = ("running_mean", "running_var", "num_batches_tracked")
+
+
+class NormStatisticsCopies:
+    """Run a block on copies of the running statistics of norm layers; put the originals back.
+
+    On entry, every BatchNorm-like module (``nn.modules.batchnorm._NormBase``:
+    BatchNorm, SyncBatchNorm, InstanceNorm) in ``module``, or with
+    ``training_only=True`` every one that is in training mode at that moment,
+    gets clones of its :data:`NORM_STATISTICS` buffers in place of the
+    originals; on exit the original buffer objects are put back, unwritten.
+    Forward passes inside the block therefore cannot update the user's
+    statistics, and a forward pass that normalises with the batch statistics
+    (training mode) gives the same output on the copies.
+
+    Used by :func:`preserved_state` (every norm layer, for the whole heatmap
+    call) and by :func:`heatmaps.activation_checkpointing` (train-mode layers,
+    for each recomputation in the backward pass). One instance can be entered
+    repeatedly and nested: each entry swaps anew, each exit undoes the latest
+    entry.
+    """
+
+    def __init__(self, module: nn.Module, training_only: bool = False) -> None:
+        self.module = module
+        self.training_only = training_only
+        self._swapped: list[list[tuple[dict[str, Tensor | None], str, Tensor]]] = []
+
+    def __enter__(self) -> None:
+        swapped: list[tuple[dict[str, Tensor | None], str, Tensor]] = []
+        try:
+            for sub in self.module.modules():
+                if isinstance(sub, nn.modules.batchnorm._NormBase) and (
+                    sub.training or not self.training_only
+                ):
+                    for key in NORM_STATISTICS:
+                        buffer = sub._buffers.get(key)
+                        if buffer is not None:
+                            swapped.append((sub._buffers, key, buffer))
+                            sub._buffers[key] = buffer.clone()
+        except BaseException:
+            _put_back(swapped)
+            raise
+        self._swapped.append(swapped)
+
+    def __exit__(self, *exc_info: object) -> None:
+        _put_back(self._swapped.pop())
+
+
+def _put_back(swapped: list[tuple[dict[str, Tensor | None], str, Tensor]]) -> None:
+    for store, key, buffer in swapped:
+        store[key] = buffer
+
+
 @contextlib.contextmanager
 def preserved_state(model: nn.Module) -> Iterator[None]:
     """Keep the model exactly as it was across one heatmap call.
@@ -84,26 +141,18 @@ def preserved_state(model: nn.Module) -> Iterator[None]:
     * train/eval modes and ``requires_grad`` flags are restored on exit
       (backends never change them on purpose; this is the safety net that makes
       the promise hold even if a third-party canonizer or hook does);
-    * BatchNorm running statistics are swapped for copies during the call, so
-      forward passes of a train-mode model (the call's own, and the extra ones of
-      Integrated Gradients, SmoothGrad or captum's Grad-CAM) never update the
-      user's statistics; the original buffer objects are put back, unwritten.
+    * BatchNorm running statistics are swapped for copies during the call
+      (:class:`NormStatisticsCopies`), so forward passes of a train-mode model
+      (the call's own, and the extra ones of Integrated Gradients, SmoothGrad
+      or captum's Grad-CAM) never update the user's statistics; the original
+      buffer objects are put back, unwritten.
     """
     modes = [(m, m.training) for m in model.modules()]
     flags = [(p, p.requires_grad) for p in model.parameters()]
-    swapped: list[tuple[dict, str, Tensor]] = []
-    for module in model.modules():
-        if isinstance(module, nn.modules.batchnorm._NormBase):
-            for key in ("running_mean", "running_var", "num_batches_tracked"):
-                buffer = module._buffers.get(key)
-                if buffer is not None:
-                    swapped.append((module._buffers, key, buffer))
-                    module._buffers[key] = buffer.clone()
     try:
-        yield
+        with NormStatisticsCopies(model):
+            yield
     finally:
-        for store, key, buffer in swapped:
-            store[key] = buffer
         for module, training in modes:
             if module.training != training:
                 module.train(training)
@@ -132,12 +181,19 @@ class Heatmap(nn.Module):
     parameters (and the input), so a loss on them trains the model.
     """
 
-    #: name under which the backend is registered (see :mod:`heatmaps.registry`)
+    #: name under which the backend is registered: a subclass that sets it in its own
+    #: class body registers itself under it when defined (see :mod:`heatmaps.registry`)
     name: str = "base"
     #: whether the maps are gradients w.r.t. the input (then the input is made to require
     #: grad for the call); layer-based backends set this to ``False`` and save the input
     #: gradient of the first layer
     needs_input_grad: bool = True
+
+    def __init_subclass__(cls, register: bool = True, **kwargs: object) -> None:
+        """Register a subclass whose class body sets ``name`` (``register=False`` opts out)."""
+        super().__init_subclass__(**kwargs)
+        if register and "name" in cls.__dict__:
+            registry.declare(cls)
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()

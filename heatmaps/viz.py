@@ -8,6 +8,10 @@ involved. Save figures with :func:`save_figure`.
 
 Colour conventions:
 
+* label maps (:func:`label_overlay`): one fixed colour per class from
+  :func:`class_palette`, the project's one class palette; :func:`class_legend`
+  draws the matching legend of class names.
+
 * ``kind="signed"`` (LRP, gradients): diverging ``bwr`` colormap symmetric
   around 0, scaled by the map's maximum absolute value; red = positive
   relevance (evidence for the class), blue = negative. The overlay strength
@@ -27,10 +31,23 @@ from typing import Literal
 import matplotlib
 import numpy as np
 import torch
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.legend import Legend
+from matplotlib.patches import Patch
 from torch import Tensor
 
-__all__ = ["class_palette", "heatmap_grid", "label_overlay", "overlay", "save_figure"]
+from .labels import IGNORE_INDEX
+
+__all__ = [
+    "class_legend",
+    "class_palette",
+    "heatmap_grid",
+    "label_overlay",
+    "legend_handles",
+    "overlay",
+    "save_figure",
+]
 
 Kind = Literal["signed", "positive"]
 _COLORMAPS = {"signed": "bwr", "positive": "jet"}
@@ -153,9 +170,11 @@ def heatmap_grid(
 def class_palette(num_classes: int) -> Tensor:
     """Fixed qualitative colours: ``(num_classes + 1, 3)`` in ``[0, 1]``; row 0 (background) black.
 
-    Classes 1, 2, ... take the ``tab20``, ``tab20b`` and ``tab20c`` colours in
-    order (cycling after 60 classes), so a class keeps its colour across images
-    and runs.
+    Row ``c + 1`` is the colour of class ``c``, i.e. the palette is indexed by
+    label-map value. Classes take the ``tab20``, ``tab20b`` and ``tab20c``
+    colours in order (cycling after 60 classes), so a class keeps its colour
+    across images, runs and tools: every class-coloured picture of the project
+    uses this palette, and :func:`class_legend` names its colours.
     """
     colours = [
         matplotlib.colormaps[name].colors[i]
@@ -171,7 +190,7 @@ def label_overlay(
     label_map: Tensor,
     num_classes: int,
     alpha: float = 0.5,
-    ignore_index: int = 255,
+    ignore_index: int = IGNORE_INDEX,
 ) -> Tensor:
     """Colour a ``(H, W)`` label map over an image.
 
@@ -208,6 +227,81 @@ def label_overlay(
     colour[:, ignored] = 1.0
     weight = alpha * ((labels != 0) | ignored).float()
     return ((1 - weight) * rgb + weight * colour).clamp(0, 1)
+
+
+def legend_handles(
+    class_names: Sequence[str],
+    present: Tensor | Sequence[int] | None = None,
+    *,
+    background: str = "background",
+    ignore_index: int = IGNORE_INDEX,
+) -> list[Patch]:
+    """Legend entries naming the :func:`class_palette` colours: background first, then the classes.
+
+    Entry ``0`` is the background (label 0) and entry ``c + 1`` class ``c``,
+    each a :class:`matplotlib.patches.Patch` whose face colour is that row of
+    ``class_palette(len(class_names))`` and whose label is the name.
+
+    Args:
+        class_names: the ``C`` foreground class names, class ``c`` first at
+            index ``c`` (label-map value ``c + 1``).
+        present: only these label-map values, e.g. ``label_map.unique()``
+            (in increasing order, each once); ``ignore_index`` among them adds
+            a white ``"unlabelled"`` entry, the colour :func:`label_overlay`
+            blends such pixels with. ``None``: background and every class.
+        background: the name of label 0.
+        ignore_index: label of unlabelled pixels.
+
+    Raises:
+        ValueError: a value in ``present`` outside ``[0, C]`` and not ``ignore_index``.
+    """
+    names = [background, *(str(name) for name in class_names)]
+    palette = class_palette(len(class_names))
+    if present is None:
+        labels = list(range(len(names)))
+    else:
+        values = present.flatten().tolist() if isinstance(present, Tensor) else list(present)
+        labels = sorted({int(v) for v in values})
+    handles = []
+    for label in labels:
+        if label == ignore_index:
+            continue
+        if not 0 <= label < len(names):
+            raise ValueError(
+                f"present: label {label} is neither in [0, {len(class_names)}] (background and "
+                f"{len(class_names)} classes) nor ignore_index={ignore_index}"
+            )
+        colour = tuple(float(v) for v in palette[label])
+        handles.append(Patch(facecolor=colour, edgecolor="0.5", label=names[label]))
+    if ignore_index in labels:
+        handles.append(Patch(facecolor=(1.0, 1.0, 1.0), edgecolor="0.5", label="unlabelled"))
+    return handles
+
+
+def class_legend(
+    where: Axes | Figure,
+    class_names: Sequence[str],
+    present: Tensor | Sequence[int] | None = None,
+    *,
+    background: str = "background",
+    ignore_index: int = IGNORE_INDEX,
+    **legend_kwargs: object,
+) -> Legend:
+    """Draw a legend of class names in the :func:`class_palette` colours on an axes or figure.
+
+    >>> axis.imshow(label_overlay(image, label_map, len(names)).permute(1, 2, 0))
+    >>> class_legend(axis, names, present=label_map.unique())
+
+    The entries are those of :func:`legend_handles` (background first, as
+    label 0); ``legend_kwargs`` go to ``where.legend`` (e.g. ``loc``,
+    ``ncols``, ``bbox_to_anchor``; ``fontsize`` defaults to ``"small"``).
+
+    Returns:
+        The :class:`matplotlib.legend.Legend`.
+    """
+    handles = legend_handles(class_names, present, background=background, ignore_index=ignore_index)
+    legend_kwargs.setdefault("fontsize", "small")
+    return where.legend(handles=handles, **legend_kwargs)
 
 
 def save_figure(figure: Figure, path: str | os.PathLike[str], dpi: int = 100) -> Path:

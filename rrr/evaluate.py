@@ -30,11 +30,15 @@ import sys
 from collections.abc import Sequence
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from .config import add_data_options
+from heatmaps.base import Heatmap
+from heatmaps.labels import IGNORE_INDEX, class_masks
+
+from .config import RunConfig, add_data_options, positive_int
+from .segmenters import Segmenter
 
 
 def evaluate_parser() -> argparse.ArgumentParser:
@@ -42,88 +46,103 @@ def evaluate_parser() -> argparse.ArgumentParser:
         prog="python -m rrr.evaluate",
         description="Evaluate a checkpoint of rrr.finetune on a data split.",
     )
-    parser.add_argument("--checkpoint", required=True)
-    parser.add_argument("--split", choices=["train", "val", "test"], default="test")
-    add_data_options(parser, with_defaults=False)
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--device", default="auto")
+    parser.add_argument(
+        "--checkpoint",
+        required=True,
+        metavar="PATH",
+        help="a checkpoint.pt written by rrr.finetune",
+    )
+    parser.add_argument(
+        "--split", choices=["train", "val", "test"], default="test", help="split to evaluate"
+    )
+    parser.add_argument(
+        "--batch-size", type=positive_int, default=16, metavar="N", help="evaluation batch size"
+    )
+    parser.add_argument("--device", default="auto", metavar="DEVICE", help="as for rrr.finetune")
     parser.add_argument(
         "--gating",
         choices=["predicted", "none", "true"],
         default=None,
-        help="class gating of heatmap models (default: the run's; 'true' uses the labels)",
+        help="class gating of heatmap models (default: the run's); true gates by the true "
+        "image-level labels",
     )
     parser.add_argument(
         "--explanation-metrics",
         action="store_true",
-        help="also score the maps explaining the classifier against the class masks "
+        help="also score the maps that explain the classifier against the class masks "
         "(mask F1, discrete and continuous IoU, AUC, saliency metric)",
     )
     parser.add_argument(
         "--explain-method",
         default=None,
         metavar="NAME",
-        help="explanation metrics of this backend (e.g. gradcam, lrp, explainer) of the "
-        "checkpoint's classifier instead of the run's own maps; implies --explanation-metrics",
+        help="score the maps of this backend (gradcam, lrp, explainer, any name in "
+        "heatmaps.available()) of the checkpoint's classifier instead of the run's own maps; "
+        "implies --explanation-metrics",
     )
     parser.add_argument(
         "--composite",
         default=None,
+        metavar="NAME",
         help="LRP composite of --explain-method lrp (default: the run's --composite)",
     )
     parser.add_argument(
         "--saliency-variant",
         choices=["crop", "mask"],
         default="crop",
-        help="saliency metric: tight box crop (Dabkowski & Gal) or soft mask (Stalder et al.)",
+        help="saliency metric on the tight box crop (Dabkowski & Gal) or on the soft-masked "
+        "image (Stalder et al.)",
     )
-    parser.add_argument("--json", default=None, help="write the metrics to this JSON file")
-    parser.add_argument("--no-progress", dest="progress", action="store_false")
+    parser.add_argument(
+        "--json", default=None, metavar="PATH", help="also write the metrics to this JSON file"
+    )
+    parser.add_argument(
+        "--no-progress", dest="progress", action="store_false", help="no progress bar"
+    )
+    add_data_options(parser, with_defaults=False)
     return parser
 
 
-def explanation_backend(model: nn.Module, config: dict, name: str | None = None):
+def explanation_backend(model: Segmenter, config: RunConfig, name: str | None = None) -> Heatmap:
     """The :class:`heatmaps.Heatmap` whose maps ``--explanation-metrics`` scores.
 
-    ``name=None``: the run's own maps (the heatmap backend of a heatmap
-    segmenter, the Explainer of an explainer run); otherwise the backend
-    ``name`` built with :func:`heatmaps.get` on the checkpoint's classifier
-    (``"explainer"`` needs an explainer run; ``"lrp"`` uses ``config``'s
-    composite, epsilon and relevance).
+    ``name=None``: the run's own maps (:meth:`~rrr.segmenters.Segmenter.heatmap`:
+    the heatmap backend of a heatmap segmenter, the Explainer of an explainer
+    run); otherwise the backend ``name`` built with :func:`heatmaps.get` on the
+    checkpoint's classifier (``"explainer"`` needs an explainer run; ``"lrp"``
+    uses ``config``'s composite, epsilon and relevance).
     """
     import heatmaps
 
-    from .explainer_segmenter import ExplainerSegmenter
-    from .models import check_support
-    from .segmenter import HeatmapSegmenter
+    from .classifiers import check_support
 
-    if not isinstance(model, (HeatmapSegmenter, ExplainerSegmenter)):
+    own = model.heatmap()
+    if own is None:
         raise ValueError(
-            f"--explanation-metrics: the checkpoint's model ({config.get('model')}) has no "
-            "classifier to explain; use a checkpoint of --model heatmap"
+            f"--explanation-metrics: the checkpoint's model ({config.model}) has no "
+            "classifier to explain; use a checkpoint of --model heatmap or explainer"
         )
     if name is None:
-        return model.heatmap() if isinstance(model, ExplainerSegmenter) else model.backend
+        return own
     if name == "explainer":
-        if not isinstance(model, ExplainerSegmenter):
+        if own.name != "explainer":
             raise ValueError(
                 "--explain-method explainer: the checkpoint has no Explainer; train one with "
                 "python -m rrr.finetune --method explainer"
             )
-        return model.heatmap()
+        return own
     if name not in heatmaps.available():
         raise ValueError(
             f"--explain-method {name}: unknown backend; available: {', '.join(heatmaps.available())}"
         )
-    check_support(name, config["arch"])
+    check_support(name, config.arch)
     options: dict = {}
     if name == "lrp":
-        options["composite"] = config.get("composite") or "epsilon"
-        if options["composite"] == "epsilon" and "epsilon" in config:
-            options["epsilon"] = config["epsilon"]
-        if config.get("relevance") is not None:
-            options["relevance"] = config["relevance"]
-    return heatmaps.get(name, model.classifier, **options)
+        options["composite"] = config.composite
+        if options["composite"] == "epsilon":
+            options["epsilon"] = config.epsilon
+        options["relevance"] = config.relevance
+    return heatmaps.get(name, own.model, **options)
 
 
 class ExplanationMetrics:
@@ -170,9 +189,6 @@ class ExplanationMetrics:
             saliency_metric,
         )
 
-        from .losses import IGNORE_INDEX
-        from .objectives import class_masks
-
         keep = (target != IGNORE_INDEX).flatten(1).any(1) & (labels > 0.5).any(1)
         if not bool(keep.any()):
             return
@@ -215,38 +231,29 @@ class ExplanationMetrics:
         return result
 
 
+DATA_OPTIONS = ("data", "data_root", "image_size", "train_images", "val_images", "objects", "scene_seed")  # fmt: skip
+
+
 def evaluate(args: argparse.Namespace) -> dict:
     from .checkpoint import atomic_write_text
     from .data import build_dataset
-    from .evaluation import SegmentationMetrics
+    from .device import resolve_device
     from .loading import load_trained
-    from .trainer import dataset_options, resolve_device
+    from .segmentation_metrics import SegmentationMetrics
 
     device = resolve_device(args.device)
     model, state = load_trained(args.checkpoint, device)
-    config = dict(state["config"])
-    for key in (
-        "data",
-        "data_root",
-        "image_size",
-        "train_images",
-        "val_images",
-        "objects",
-        "scene_seed",
-    ):
-        value = getattr(args, key)
-        if value is not None:
-            config[key] = value
-    config["download"] = args.download
+    changes = {key: getattr(args, key) for key in DATA_OPTIONS if getattr(args, key) is not None}
+    config: RunConfig = state["run_config"].replace(**changes, download=args.download)
+    if args.composite is not None:
+        config = config.replace(composite=args.composite)
     gating = args.gating
-    if gating in ("predicted", "none") and hasattr(model, "gating"):
+    if gating in ("predicted", "none"):
         model.gating = gating
-    dataset = build_dataset(config["data"], args.split, **dataset_options(config, args.split))
+    dataset = build_dataset(config.data, args.split, **config.data_options(args.split))
     metrics = SegmentationMetrics(state["num_classes"], list(state["classes"]))
     explanation = None
     if args.explanation_metrics or args.explain_method:
-        if args.composite is not None:
-            config["composite"] = args.composite
         backend = explanation_backend(model, config, args.explain_method)
         explanation = ExplanationMetrics(backend, state["num_classes"], args.saliency_variant)
     loader = DataLoader(dataset, batch_size=args.batch_size)

@@ -21,14 +21,14 @@ from .config import finetune_parser
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = finetune_parser().parse_args(argv)
-    config = vars(args)
     # imported late so that --help answers instantly
     from .checkpoint import CheckpointError
+    from .config import RunConfig
     from .data import DatasetError
     from .trainer import Trainer
 
     try:
-        trainer = Trainer(config)
+        trainer = Trainer(RunConfig.from_args(args))
         try:
             result = trainer.run()
         finally:

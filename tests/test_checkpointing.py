@@ -12,7 +12,8 @@ from conftest import assert_unchanged, snapshot
 from torch import nn
 
 import heatmaps
-from heatmaps.checkpointing import (
+from heatmaps.base import NormStatisticsCopies
+from heatmaps.recomputation import (
     MARK,
     activation_checkpointing,
     default_checkpoint_modules,
@@ -20,7 +21,7 @@ from heatmaps.checkpointing import (
 )
 from rrr import finetune
 from rrr.checkpoint import load_checkpoint
-from rrr.config import finetune_parser
+from rrr.config import parse_config
 from rrr.trainer import Trainer
 
 TINY = [
@@ -143,6 +144,28 @@ def test_default_checkpoint_modules():
         default_checkpoint_modules(TinyNet())
 
 
+@pytest.mark.parametrize("training_only", [False, True])
+def test_norm_statistics_copies_swap_and_restore(training_only):
+    """The one swap of running statistics used by heatmap calls and by the recomputation."""
+    model = nn.Sequential(nn.BatchNorm2d(2), nn.BatchNorm2d(2), nn.InstanceNorm2d(2)).train()
+    model[1].eval()
+    originals = {
+        name: buffer for name, buffer in model.named_buffers() if not name.startswith("2.")
+    }
+    values = {name: buffer.clone() for name, buffer in originals.items()}
+    copies = NormStatisticsCopies(model, training_only=training_only)
+    with copies:
+        swapped = {name for name, b in model.named_buffers() if b is not originals.get(name)}
+        expected = {n for n in originals if not (training_only and n.startswith("1."))}
+        assert swapped == expected
+        model(torch.rand(3, 2, 4, 4))
+        with copies:  # re-entered, as by a double backward pass recomputing twice
+            model(torch.rand(3, 2, 4, 4))
+        assert {n for n, b in model.named_buffers() if b is not originals.get(n)} == expected
+    assert all(b is originals[n] for n, b in model.named_buffers() if n in originals)
+    assert all(torch.equal(originals[n], values[n]) for n in originals)
+
+
 def _run(out, *extra: str) -> int:
     return finetune.main([*TINY, "--arch", "resnet18", "--out", str(out), *extra])
 
@@ -170,10 +193,8 @@ def test_cli_refuses_lrp_with_checkpointing(tmp_path, capsys):
 
 
 def test_trainer_restores_the_encoder_after_a_failed_run(tmp_path, monkeypatch):
-    config = vars(
-        finetune_parser().parse_args(
-            [*TINY, "--method", "gradcam", "--checkpoint-activations", "--out", str(tmp_path)]
-        )
+    config = parse_config(
+        [*TINY, "--method", "gradcam", "--checkpoint-activations", "--out", str(tmp_path)]
     )
     trainer = Trainer(config)
     seen = []

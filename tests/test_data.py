@@ -1,4 +1,9 @@
-"""Tests of rrr.data: Fashion-MNIST scenes, VOC, image folders, semi-supervised sampling."""
+"""Tests of rrr.data: Fashion-MNIST scenes, VOC, image folders, semi-supervised sampling.
+
+The factory tests at the end also show the data set registry: a data set is a
+``SegmentationDataset`` subclass with ``name`` and ``from_options``, and
+defining it is all ``build_dataset`` and ``dataset_names`` need.
+"""
 
 from __future__ import annotations
 
@@ -14,22 +19,32 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
+import rrr.data
+import rrr.data.common
 import rrr.data.fashion_mnist as fmnist
+from heatmaps import labels as heatmap_labels
 from rrr.data import (
+    DATASETS,
     IGNORE_INDEX,
     DatasetError,
     FashionScenes,
     MixedBatchSampler,
     PixelLabelSubset,
+    SegmentationDataset,
     SegmentationFolder,
     VOCSegmentationDataset,
     build_dataset,
     choose_pixel_labelled,
+    dataset_class,
     dataset_labels,
+    dataset_names,
     find_fashion_mnist,
     load_fashion_mnist,
     read_idx,
+    unregister_dataset,
 )
+from rrr.data.common import read_image_labels
+from rrr.data.voc import read_image_label_file
 
 HAVE_DEBIAN = all(
     (fmnist.DEBIAN_DIR / name).is_file()
@@ -504,6 +519,125 @@ def test_build_dataset(tmp_path: Path, synthetic_root: Path) -> None:
         build_dataset("imagenet", "train")
     with pytest.raises(TypeError, match="colour"):
         build_dataset("fashion-scenes", "train", colour=True)
+
+
+def test_unknown_dataset_lists_registered_names() -> None:
+    """The error for a wrong ``--data`` name tells the user every name that works."""
+    assert {"fashion-scenes", "voc", "folder"} <= set(dataset_names())
+    assert dataset_names() == sorted(dataset_names())
+    assert DATASETS == tuple(dataset_names())  # the compatibility constant: the same list
+    with pytest.raises(ValueError, match="unknown dataset 'imagenet'") as info:
+        build_dataset("imagenet", "train")
+    for name in dataset_names():
+        assert name in str(info.value)
+    # aliases, case and underscores resolve to the registered class (nothing is loaded)
+    for alias in ("scenes", "Fashion", "fashion_mnist_scenes", "FASHION-SCENES"):
+        assert dataset_class(alias) is FashionScenes
+    assert dataset_class("VOC") is VOCSegmentationDataset
+    assert dataset_class("folder") is SegmentationFolder
+
+
+def test_register_dataset_by_declaration(tmp_path: Path) -> None:
+    """Defining a subclass with ``name`` and ``from_options`` is all a new data set needs.
+
+    The class registers itself when defined; ``build_dataset`` passes it the
+    options its ``from_options`` lists (its own ``flavour`` becomes a valid
+    option) and drops the others. It is unregistered at the end, so the other
+    tests see the built-in registry only.
+    """
+
+    class ToySquares(SegmentationDataset):
+        """A square of class ``flavour`` in the middle of a black ``size x size`` image."""
+
+        name = "toy-squares"
+        aliases = ("toy",)
+
+        @classmethod
+        def from_options(
+            cls, split: str, *, size: int | None = None, flavour: int | None = None
+        ) -> ToySquares:
+            return cls(split, 8 if size is None else size, 1 if flavour is None else flavour)
+
+        def __init__(self, split: str, size: int, flavour: int) -> None:
+            self.split, self.size, self.flavour = split, size, flavour
+            self.classes = ["background", "one", "two"]
+            self.num_classes = 2
+
+        def __len__(self) -> int:
+            return 3
+
+        def __getitem__(self, index: int) -> dict[str, torch.Tensor | int]:
+            mask = torch.zeros(self.size, self.size, dtype=torch.long)
+            mask[2:-2, 2:-2] = self.flavour
+            labels = rrr.data.labels_from_mask(mask, self.num_classes)
+            return rrr.data.common.make_item(mask.float(), mask, labels, True, index)
+
+    try:
+        assert "toy-squares" in dataset_names() and "toy" not in dataset_names()
+        ds = build_dataset("Toy_Squares", "val", flavour=2, size=6, root=tmp_path, length=99)
+        assert isinstance(ds, ToySquares) and (ds.split, ds.size, ds.flavour) == ("val", 6, 2)
+        item = ds[1]
+        assert item["image"].shape == (3, 6, 6) and item["labels"].tolist() == [0.0, 1.0]
+        assert isinstance(build_dataset("toy", "train"), ToySquares)
+        assert ToySquares.option_names() == {"size", "flavour"}
+        with pytest.raises(ValueError, match="already taken"):
+
+            class Clash(SegmentationDataset):  # an alias may not reuse a registered name
+                name = "another"
+                aliases = ("toy-squares",)
+
+                @classmethod
+                def from_options(cls, split: str) -> Clash:
+                    return cls()
+
+        with pytest.raises(TypeError, match="from_options"):
+
+            class NoFactory(SegmentationDataset):
+                name = "no-factory"
+
+        class Subclass(ToySquares):  # inherits the name: not registered a second time
+            pass
+
+        assert dataset_class("toy-squares") is ToySquares
+        assert "another" not in dataset_names() and "no-factory" not in dataset_names()
+    finally:
+        assert unregister_dataset("toy-squares") is ToySquares
+    assert "toy-squares" not in dataset_names() and DATASETS == tuple(dataset_names())
+    with pytest.raises(ValueError, match="unknown dataset 'toy'"):
+        build_dataset("toy", "train")
+    with pytest.raises(TypeError, match="flavour"):  # no registered data set takes it now
+        build_dataset("fashion-scenes", "train", flavour=2)
+
+
+def test_image_label_files(tmp_path: Path) -> None:
+    """VOC's ``id 1,3`` and the folder's ``stem,1;3`` lines share one parser and its checks."""
+    voc = tmp_path / "extra.txt"
+    voc.write_text("# comment\n\n2008_000004 3, 7,3\n2008_000005\n")
+    assert read_image_label_file(voc, 20) == {"2008_000004": [3, 7], "2008_000005": []}
+    folder = tmp_path / "labels.csv"
+    folder.write_text("a, 2;1 ;2\n\n# b,9\nc,\n")
+    parsed = read_image_labels(folder, 2, id_separator=",", class_separator=";", known={"a", "c"})
+    assert parsed == {"a": [1, 2], "c": []}
+    for path, text, problem in (
+        (voc, "x 1\n2008_000004 3;7\n", "extra.txt:2: cannot parse class indices '3;7'"),
+        (voc, "2008_000004 21\n", "extra.txt:1: class index 21 out of range 1..20"),
+        (folder, "a,1\nzz,1\n", "labels.csv:2: 'zz' has no image"),
+        (folder, "a,0;1\n", "labels.csv:1: class index 0 out of range 1..2"),
+    ):
+        path.write_text(text)
+        with pytest.raises(DatasetError, match=problem):
+            if path == voc:
+                read_image_label_file(path, 20)
+            else:
+                read_image_labels(path, 2, id_separator=",", class_separator=";", known={"a"})
+    with pytest.raises(DatasetError, match="missing.txt: image-level label file not found"):
+        read_image_label_file(tmp_path / "missing.txt", 20)
+
+
+def test_ignore_index_defined_once() -> None:
+    """rrr.data re-exports heatmaps.labels.IGNORE_INDEX instead of defining its own."""
+    assert rrr.data.IGNORE_INDEX == rrr.data.common.IGNORE_INDEX == heatmap_labels.IGNORE_INDEX
+    assert "IGNORE_INDEX =" not in Path(rrr.data.common.__file__).read_text()
 
 
 def test_mixed_batches_load(synthetic_root: Path) -> None:

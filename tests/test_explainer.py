@@ -12,6 +12,8 @@ from conftest import SmallResNet, assert_unchanged, snapshot
 from torch import nn
 
 import heatmaps
+import heatmaps.explainer.training
+import heatmaps.labels
 from heatmaps.explainer import (
     ExplainerHeatmap,
     ExplainerLoss,
@@ -266,6 +268,17 @@ def test_aggregate_masks_textbook(loss_inputs):
     assert torch.equal(target[1], torch.zeros(5, 6, dtype=torch.float64))
 
 
+def test_shared_label_conventions_are_re_exported():
+    assert classification_loss is heatmaps.labels.classification_loss
+    assert heatmaps.explainer.training.IGNORE_INDEX == heatmaps.labels.IGNORE_INDEX == 255
+    # a classifier with an extra (background) output is scored on its first C logits
+    logits = torch.randn(3, 5, dtype=torch.float64)
+    labels = (torch.rand(3, 4) > 0.5).double()
+    assert torch.equal(
+        classification_loss(logits, labels), classification_loss(logits[:, :4], labels)
+    )
+
+
 def test_classification_and_entropy_textbook():
     gen = torch.Generator().manual_seed(8)
     logits = 3 * torch.randn(4, 5, dtype=torch.float64, generator=gen)
@@ -416,14 +429,14 @@ def test_segmentation_logits_background_channel():
 def test_pixel_term_uses_only_labelled_samples(images):
     classifier, explainer = make_classifier(), make_explainer()
     labels = torch.tensor([[1.0, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0]], dtype=torch.float64)
-    targets = torch.full((3, 12, 10), 255, dtype=torch.long)
+    targets = torch.full((3, 12, 10), heatmaps.labels.IGNORE_INDEX, dtype=torch.long)
     targets[1, :6] = 0
     targets[1, 6:] = 2
     seen = []
 
     def pixel_loss(seg, target):
         seen.append((seg.shape, target.clone()))
-        return F.cross_entropy(seg, target, ignore_index=255)
+        return F.cross_entropy(seg, target, ignore_index=heatmaps.labels.IGNORE_INDEX)
 
     loss = ExplainerLoss(pixel=2.0)
     total, terms = explainer_step(explainer, classifier, images, labels, loss, pixel_loss, targets)
@@ -436,7 +449,7 @@ def test_pixel_term_uses_only_labelled_samples(images):
     # default loss (cross-entropy) and a batch without any labelled pixel
     _, terms = explainer_step(explainer, classifier, images, labels, loss, None, targets)
     assert torch.allclose(terms["pixel"], expected)
-    unlabelled = torch.full_like(targets, 255)
+    unlabelled = torch.full_like(targets, heatmaps.labels.IGNORE_INDEX)
     total, terms = explainer_step(explainer, classifier, images, labels, loss, None, unlabelled)
     assert float(terms["pixel"]) == 0.0
     with pytest.raises(ValueError, match="pixel_targets"):

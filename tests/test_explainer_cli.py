@@ -18,9 +18,8 @@ from torch import nn
 
 from rrr import evaluate, finetune, predict
 from rrr.checkpoint import load_checkpoint
-from rrr.explainer_segmenter import ExplainerSegmenter
 from rrr.loading import load_trained
-from rrr.segmenter import SegmenterOutput
+from rrr.segmenters import ExplainerSegmenter, SegmenterOutput
 
 TINY = [
     "--arch", "resnet18", "--image-size", "32", "--train-images", "24", "--val-images", "8",
@@ -254,14 +253,15 @@ def test_objective_accepts_other_pixel_losses(loss):
 @pytest.mark.parametrize("freeze_bn", [True, False])
 def test_explainer_stage_batchnorm_follows_freeze_bn(freeze_bn):
     """``--freeze-bn`` (default) keeps the Explainer's BatchNorm in eval() too; the classifier always."""
+    from rrr.config import RunConfig
     from rrr.trainer import Trainer
 
     torch.manual_seed(0)
     explainer = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.Conv2d(4, 3, 1))
     trainer = Trainer.__new__(Trainer)  # only the mode logic, no data or run directory
-    trainer.config = {"freeze_bn": freeze_bn}
+    trainer.config = RunConfig(freeze_bn=freeze_bn)
     trainer.model = ExplainerSegmenter(TinyClassifier(), explainer, 3).freeze_classifier()
-    trainer._train_mode("finetune")
+    trainer.train_mode("finetune")
     assert not any(m.training for m in trainer.model.classifier.modules())
     assert explainer[1].training is not freeze_bn
     assert explainer[0].training

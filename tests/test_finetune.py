@@ -273,7 +273,7 @@ def test_weights_from_a_local_state_dict_with_another_head(tmp_path):
     """--weights PATH: a state dict of the same architecture with any head size loads."""
     import torchvision
 
-    from rrr.models import build_classifier
+    from rrr.classifiers import build_classifier
 
     source = torchvision.models.resnet18(num_classes=7)
     path = tmp_path / "r18.pt"

@@ -9,6 +9,9 @@ from backends import BACKENDS
 from conftest import assert_unchanged, snapshot
 from torch import nn
 
+import heatmaps
+from heatmaps import registry
+
 
 @pytest.fixture(params=["small", "resnet18"])
 def model(request, small_model):
@@ -96,3 +99,18 @@ def test_optimizer_built_before_the_call_keeps_training(small_model, small_input
         assert all(p.grad is not None for p in small_model.parameters())
         optimizer.step()
     assert ids == [id(p) for p in small_model.parameters()]
+
+
+def test_every_builtin_backend_is_checked_here(small_model):
+    """A built-in backend registers itself when defined; this keeps it from skipping the checks.
+
+    ``ExplainerHeatmap`` needs an Explainer network and has its own hygiene test
+    in ``tests/test_explainer.py``.
+    """
+    builtin = {
+        factory
+        for factory in registry._BACKENDS.values()
+        if isinstance(factory, type) and factory.__module__.startswith("heatmaps.")
+    }
+    covered = {type(make(small_model)) for make in BACKENDS.values()}
+    assert builtin - covered == {heatmaps.ExplainerHeatmap}

@@ -7,7 +7,16 @@ import pytest
 import torch
 from matplotlib.figure import Figure
 
-from heatmaps.viz import class_palette, heatmap_grid, label_overlay, overlay, save_figure
+from heatmaps.labels import IGNORE_INDEX
+from heatmaps.viz import (
+    class_legend,
+    class_palette,
+    heatmap_grid,
+    label_overlay,
+    legend_handles,
+    overlay,
+    save_figure,
+)
 
 
 def grey_image(size=6):
@@ -103,6 +112,38 @@ def test_class_palette_is_fixed_and_distinct():
     assert palette.shape == (21, 3)
     assert torch.equal(palette, class_palette(20))
     assert len({tuple(row.tolist()) for row in palette}) == 21
+
+
+def _rgb(patch):
+    return torch.tensor(patch.get_facecolor()[:3], dtype=torch.float32)
+
+
+def test_class_legend_names_the_palette_colours_background_first(tmp_path):
+    names = ["cat", "dog", "car"]
+    figure = Figure()
+    axis = figure.subplots()
+    legend = class_legend(axis, names, loc="upper right")
+    assert axis.get_legend() is legend
+    assert [t.get_text() for t in legend.get_texts()] == ["background", *names]
+    colours = torch.stack([_rgb(h) for h in legend.legend_handles])
+    assert torch.equal(colours, class_palette(len(names)))
+    save_figure(figure, tmp_path / "legend.png")  # it renders
+
+
+def test_class_legend_of_the_labels_present_in_a_label_map():
+    names = ["cat", "dog", "car"]
+    label_map = torch.tensor([[0, 3], [3, IGNORE_INDEX]])
+    handles = legend_handles(names, present=label_map.unique(), background="bg")
+    assert [h.get_label() for h in handles] == ["bg", "car", "unlabelled"]
+    palette = class_palette(len(names))
+    assert torch.equal(_rgb(handles[0]), palette[0]) and torch.equal(_rgb(handles[1]), palette[3])
+    # white, as label_overlay blends unlabelled pixels
+    assert torch.equal(_rgb(handles[2]), torch.ones(3))
+    figure = Figure()
+    legend = class_legend(figure, names, present=[2, 1])  # a figure legend, sorted by label
+    assert [t.get_text() for t in legend.get_texts()] == ["cat", "dog"]
+    with pytest.raises(ValueError, match="present: label 4"):
+        legend_handles(names, present=[4])
 
 
 def test_save_figure_writes_a_readable_png_atomically(tmp_path):

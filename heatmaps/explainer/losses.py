@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..labels import classification_loss
+
 __all__ = [
     "ExplainerLoss",
     "ExplainerLossConfig",
@@ -83,19 +85,9 @@ def aggregate_masks(masks: Tensor, present: Tensor) -> tuple[Tensor, Tensor]:
 
 # --------------------------------------------------------------------------- loss terms
 
-
-def classification_loss(logits: Tensor, labels: Tensor) -> Tensor:
-    """Multi-label binary cross-entropy of the classifier's logits on masked-in images.
-
-    ``L_class = -1/(B C) sum_{b,c} [y_bc log sigmoid(l_bc) + (1 - y_bc) log(1 - sigmoid(l_bc))]``
-    with ``l = F(m * x)`` (Stalder et al. 2022, sec. 3, "classification loss";
-    mean reduction as ``torch.nn.BCEWithLogitsLoss`` in the released code).
-
-    Args:
-        logits: ``(B, C)`` classifier logits of the masked images.
-        labels: ``(B, C)`` targets in ``[0, 1]``.
-    """
-    return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
+# ``L_class``, the multi-label binary cross-entropy of the classifier's logits on the
+# masked-in images (Stalder et al. 2022, sec. 3, "classification loss"), is
+# heatmaps.labels.classification_loss, shared with rrr; it is re-exported here.
 
 
 def entropy_loss(logits: Tensor) -> Tensor:

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
+from ..labels import IGNORE_INDEX
 from .losses import ExplainerLoss
 
 __all__ = [
@@ -26,9 +27,6 @@ __all__ = [
     "freeze_classifier",
     "segmentation_logits",
 ]
-
-IGNORE_INDEX = 255
-"""Label value of unlabelled pixels in ``(B, H, W)`` pixel targets."""
 
 
 def freeze_classifier(model: nn.Module) -> nn.Module:
@@ -97,13 +95,14 @@ def explainer_step(
         labels: ``(B, C)`` float multi-hot image-level labels.
         loss: the paper's loss terms (:class:`ExplainerLoss`).
         pixel_loss: optional segmentation loss ``f(seg_logits (B', C + 1, H, W),
-            target (B', H, W) long, 255 = ignore) -> scalar``, e.g. any
+            target (B', H, W) long, IGNORE_INDEX = ignore) -> scalar``, e.g. any
             segmentation loss of ``rrr.losses``; ``seg_logits`` come from
             :func:`segmentation_logits`. Defaults to cross-entropy when
             ``pixel_targets`` are given.
         pixel_targets: ``(B, H, W)`` long label maps (0 = background, ``c + 1`` =
-            class ``c``, 255 = unlabelled); the pixel term uses only the samples
-            with at least one labelled pixel and is weighted by ``loss.config.pixel``.
+            class ``c``, :data:`~heatmaps.labels.IGNORE_INDEX` = unlabelled); the
+            pixel term uses only the samples with at least one labelled pixel and
+            is weighted by ``loss.config.pixel``.
         optimizer: if given, ``zero_grad``, ``backward`` and ``step`` are run too.
 
     Returns:

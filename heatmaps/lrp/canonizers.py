@@ -106,8 +106,7 @@ class FunctionalMergeBatchNorm(Canonizer):
         # Merged weights are swapped in for every rule, also for modified-gradient rules
         # (epsilon) that could scale the layer's output instead: a weight-sized product per
         # call is much cheaper than an activation-sized product in the forward pass and in
-        # both backward passes (measured: resnet50 LRP-epsilon training step 4.6x -> 3.3x a
-        # classification step, batch 32, 64 px).
+        # both backward passes (docs/benchmarks.md has the figures).
         self.linears = list(linears)
         with torch.enable_grad():
             scale = batch_norm.running_var.add(batch_norm.eps).rsqrt()
@@ -155,7 +154,7 @@ class ResidualSum(Sum):
     tensor with its ``Sum`` module. For a differentiable backward that is
     costly: every relevance step at the addition then works on a ``(..., 2)``
     tensor, and the stack's backward allocates and fills a zero tensor per
-    summand (measured: about a fifth of a resnet50 LRP-epsilon training step).
+    summand, activation-sized work at every residual addition.
     This module adds the two tensors directly. It subclasses zennit's ``Sum``
     so composites give it the same rule (``Norm``: ``R_i = a_i R / stab(a + b)``);
     :func:`heatmaps.lrp.heatmap._register_rule` puts an input gate on each

@@ -26,9 +26,9 @@ one unfolded input and two matrix products::
     cols  = unfold(s)                                  (B, C k k, L)
     dL/dr = W_flat @ cols,    dL/dW = r_flat @ cols^T
 
-Measured with ``benchmarks/conv_double_backward.py`` (batch 32, 64 px, summed
-over all convolutions; see docs/benchmarks.md). No library offers this
-derivative, so it is written here from the ATen kernels and matrix products.
+The thresholds come from ``benchmarks/conv_double_backward.py``; its results
+are in docs/benchmarks.md. No library offers this derivative, so it is
+written here from the ATen kernels and matrix products.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ from zennit.core import Composite
 from zennit.layer import Sum
 
 from ..base import Heatmap, batched_input_grad, one_hot_grad_outputs, reduce_channels
-from ..checkpointing import is_checkpointed
+from ..recomputation import is_checkpointed
 from .basic_rules import uses_output
 from .canonizers import (
     ResidualSum,
@@ -41,9 +41,9 @@ class LRPHeatmap(Heatmap):
     """Layer-wise relevance propagation maps, differentiable w.r.t. the parameters.
 
     The relevance of output class ``c`` starts as the one-hot vector ``e_c``
-    at the logits (zennit's convention; or ``y_c e_c``, see ``relevance``) and is propagated to the input by the
-    rules of ``composite``; the map is the input relevance summed over colour
-    channels. With ``create_graph=True`` the map is an exactly differentiable
+    at the logits (zennit's convention; or ``y_c e_c``, see ``relevance``) and
+    is propagated to the input by the rules of ``composite``; the map is the
+    input relevance summed over colour channels. With ``create_graph=True`` the map is an exactly differentiable
     function of every parameter, BatchNorm affine parameters included.
 
     Args:
@@ -64,11 +64,10 @@ class LRPHeatmap(Heatmap):
             vectorised otherwise. PyTorch's vectorised backward (legacy
             ``vmap``) cannot run the custom autograd functions of the epsilon
             gates and falls back to slower ordinary operations, one
-            convolution per class; measured (``K = 10``, batch 32, 64 px,
-            CPU) a resnet50 epsilon training step with all-class maps takes
-            9 s one class at a time against 19 s vectorised, while
-            ``epsilon_plus_flat`` is faster vectorised (18 s against 20 s;
-            maps alone 3.0 s against 5.5 s).
+            convolution per class, so the ``"epsilon"`` composite is faster
+            one class at a time; composites with rules that recompute their
+            layer (z+, gamma, ...) gain more from one vectorised backward
+            (the timings are in docs/benchmarks.md).
         relevance: output relevance of class ``c``: ``"one_hot"`` (``e_c``,
             zennit's convention) or ``"logit"`` (``y_c e_c``, the convention of
             Bach et al. 2015, where the relevance sums to the logit). The
@@ -77,6 +76,20 @@ class LRPHeatmap(Heatmap):
             gradients blow up wherever a logit crosses zero. The logit is kept
             in the graph, so the maps stay exactly differentiable.
         **composite_kwargs: passed to the named composite (e.g. ``epsilon=1e-8``).
+
+    Defaults: ``composite="epsilon_plus_flat"`` and ``relevance="one_hot"`` are
+    the explanation-quality choice of the LRP literature (flat rule on the
+    first layer, z+ on the other convolutions, epsilon on dense layers;
+    relevance starting from ``e_c`` at the output, zennit's convention), for
+    maps meant to be looked at. ``python -m rrr.finetune`` trains on maps made
+    with ``composite="epsilon"`` and ``relevance="logit"`` instead. The epsilon
+    rule on every layer is what the segmentation paper it implements (Yu et
+    al.) uses; the fine-tuning recipe was calibrated on input x gradient maps,
+    which equal LRP-0 on ReLU networks (the epsilon rule as epsilon goes to
+    0), and its recorded runs train with it; and an epsilon training step is
+    cheaper than an ``epsilon_plus_flat`` one (docs/benchmarks.md). The logit
+    start keeps maps and gradients bounded where a logit crosses zero (see
+    ``relevance``). docs/concepts/backends.md says more.
 
     The hooks live only for the duration of a call; nothing is left on the model.
     """

@@ -5,8 +5,8 @@ into their convolutions (``w' = w * s``, :class:`~heatmaps.lrp.canonizers.
 FunctionalMergeBatchNorm`) and the modified weights of rules such as z+
 (``max(w', 0)``). Autograd keeps each of them for the convolutions' backward
 passes, so a training step holds a copy of every such weight until its final
-backward pass: for resnet50 about 94 MB per kind, a third of the peak memory of
-its classification step at batch 32, 64 px.
+backward pass: one extra copy of the model's convolution weights per kind,
+a sizeable part of the peak memory of a step at small image sizes.
 
 Inside :meth:`WeightRecipes.saving` a tensor registered with ``remember`` is
 saved as its recipe (a function of the parameters) and recomputed when the

@@ -2,17 +2,33 @@
 
 All datasets share the item format and attributes described in
 :mod:`rrr.data.common`; :func:`build_dataset` is the factory the command-line
-tools use.
+tools use, and :func:`dataset_names` lists the names it accepts (the CLI's
+``--data`` choices).
+
+Data sets register themselves by declaration: a
+:class:`~rrr.data.base.SegmentationDataset` subclass that defines ``name`` and
+``from_options`` (see :mod:`rrr.data.base`). This package imports every one of
+its modules when it is imported (``pkgutil``, below), so adding a data set is
+one new module in ``rrr/data/`` plus its test; nothing here needs editing
+(import its class here only to re-export it from :mod:`rrr.data`).
 """
 
 from __future__ import annotations
 
-import warnings
-from pathlib import Path
+import importlib
+import pkgutil
 from typing import Any
 
-from torch.utils.data import Dataset
-
+from .base import (
+    COMMON_OPTIONS,
+    FileSample,
+    FileSegmentationDataset,
+    SegmentationDataset,
+    dataset_class,
+    dataset_names,
+    known_options,
+    unregister_dataset,
+)
 from .common import IGNORE_INDEX, DatasetError, labels_from_mask
 from .fashion_mnist import FASHION_MNIST_CLASSES, find_fashion_mnist, load_fashion_mnist, read_idx
 from .folder import SegmentationFolder
@@ -26,43 +42,62 @@ from .semisupervised import (
 from .voc import VOC_CLASSES, VOCSegmentationDataset
 
 __all__ = [
+    "COMMON_OPTIONS",
     "DATASETS",
     "FASHION_MNIST_CLASSES",
     "IGNORE_INDEX",
     "VOC_CLASSES",
     "DatasetError",
     "FashionScenes",
+    "FileSample",
+    "FileSegmentationDataset",
     "MixedBatchSampler",
     "PixelLabelSubset",
     "SceneObject",
+    "SegmentationDataset",
     "SegmentationFolder",
     "VOCSegmentationDataset",
     "build_dataset",
     "choose_pixel_labelled",
+    "dataset_class",
     "dataset_labels",
+    "dataset_names",
     "find_fashion_mnist",
+    "known_options",
     "labels_from_mask",
     "load_fashion_mnist",
     "read_idx",
+    "unregister_dataset",
 ]
 
-DATASETS = ("fashion-scenes", "voc", "folder")
-"""Names :func:`build_dataset` accepts."""
 
-# Options each dataset uses; the CLI passes all of them, unused ones are ignored.
-_COMMON_OPTIONS = {"root", "size", "length", "objects", "scene_seed", "download"}
-_EXTRA_OPTIONS = {
-    "fashion-scenes": {"scale", "threshold"},
-    "voc": {"year", "extra_image_labels"},
-    "folder": set(),
-}
+def _import_package_modules() -> None:
+    """Import every module of this package, so each data set defined in one registers."""
+    for module in pkgutil.iter_modules(__path__):
+        if not module.name.startswith("_"):
+            importlib.import_module(f"{__name__}.{module.name}")
 
 
-def build_dataset(name: str, split: str, **options: Any) -> Dataset:
-    """Build dataset ``name`` ("fashion-scenes", "voc" or "folder") for ``split``.
+_import_package_modules()
 
-    Options (``None`` means the dataset's default; options a dataset does not
-    use are ignored):
+DATASETS: tuple[str, ...] = tuple(dataset_names())
+"""The data set names registered when :mod:`rrr.data` was imported (sorted).
+
+Kept for compatibility; it is a snapshot, so data sets registered later (from
+modules outside this package) are missing. Use :func:`dataset_names` for the
+current list.
+"""
+
+
+def build_dataset(name: str, split: str, **options: Any) -> SegmentationDataset:
+    """Build the registered data set ``name`` for ``split``.
+
+    ``name`` is one of :func:`dataset_names` ("fashion-scenes", "folder",
+    "voc", ...) or an alias ("scenes", "fashion", "fashion-mnist-scenes");
+    case and ``_``/``-`` do not matter. The data set's ``from_options``
+    receives the options it lists; options another data set uses are ignored.
+
+    Options (``None`` means the dataset's default):
 
     - ``root``: data directory (fashion-scenes: where to look for Fashion-MNIST
       first; required for voc and folder).
@@ -79,54 +114,15 @@ def build_dataset(name: str, split: str, **options: Any) -> Dataset:
     "test" maps to "val" (VOC test masks are not public; the paper evaluates
     on val); folder: ``root/splits/{split}.txt``, or all images (with a
     warning) when ``root/splits`` does not exist.
+
+    Raises:
+        ValueError: unknown ``name`` (the message lists the registered names),
+            or a data set that needs ``root`` got none.
+        TypeError: an option no registered data set takes.
     """
-    key = name.lower().replace("_", "-")
-    if key in ("scenes", "fashion", "fashion-mnist-scenes"):
-        key = "fashion-scenes"
-    if key not in _EXTRA_OPTIONS:
-        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
-    unknown = set(options) - _COMMON_OPTIONS - set().union(*_EXTRA_OPTIONS.values())
+    cls = dataset_class(name)
+    unknown = set(options) - known_options()
     if unknown:
         raise TypeError(f"build_dataset got unknown option(s): {', '.join(sorted(unknown))}")
-    opts = {k: v for k, v in options.items() if v is not None}
-    root = opts.get("root")
-
-    if key == "fashion-scenes":
-        kwargs = {
-            "split": split,
-            "root": root,
-            "download": bool(opts.get("download", False)),
-            "seed": int(opts.get("scene_seed", 0)),
-        }
-        for option, arg in (
-            ("size", "size"),
-            ("length", "length"),
-            ("objects", "objects"),
-            ("scale", "scale"),
-            ("threshold", "threshold"),
-        ):
-            if option in opts:
-                kwargs[arg] = opts[option]
-        return FashionScenes(**kwargs)
-
-    if root is None:
-        raise ValueError(f"dataset {name!r} needs the option root=<data directory>")
-
-    if key == "voc":
-        return VOCSegmentationDataset(
-            root,
-            split="val" if split == "test" else split,
-            size=opts.get("size", 256),
-            year=str(opts.get("year", "2012")),
-            extra_image_labels=opts.get("extra_image_labels"),
-            download=bool(opts.get("download", False)),
-        )
-
-    folder_split: str | None = split
-    if split is not None and not (Path(root).expanduser() / "splits").is_dir():
-        warnings.warn(
-            f"{root}: no splits/ directory, so split {split!r} uses all images",
-            stacklevel=2,
-        )
-        folder_split = None
-    return SegmentationFolder(root, split=folder_split, size=opts.get("size"))
+    accepted = cls.option_names()
+    return cls.from_options(split, **{k: v for k, v in options.items() if k in accepted})

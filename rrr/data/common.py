@@ -12,15 +12,21 @@ Every dataset item is a dict that the default torch collate can batch::
 
 and every dataset has ``classes`` (names, ``"background"`` first, so ``C + 1``
 entries) and ``num_classes`` (``C``, the number of foreground classes).
+
+:data:`IGNORE_INDEX` is defined once, in :mod:`heatmaps.labels`, and
+re-exported here.
 """
 
 from __future__ import annotations
 
+from collections.abc import Container
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
+
+from heatmaps.labels import IGNORE_INDEX
 
 __all__ = [
     "IGNORE_INDEX",
@@ -29,14 +35,12 @@ __all__ = [
     "load_mask",
     "load_rgb",
     "make_item",
+    "read_image_labels",
     "resize_and_crop",
     "resize_and_crop_mask",
     "to_image_tensor",
     "validate_mask",
 ]
-
-IGNORE_INDEX = 255
-"""Mask value of unlabelled / ignored pixels."""
 
 
 class DatasetError(ValueError):
@@ -88,6 +92,58 @@ def load_rgb(path: str | Path) -> Image.Image:
         raise DatasetError(f"{path}: image file not found") from exc
     except (OSError, SyntaxError, ValueError) as exc:  # PIL raises these for corrupt files
         raise DatasetError(f"{path}: cannot decode image ({exc})") from exc
+
+
+def read_image_labels(
+    path: str | Path,
+    num_classes: int,
+    *,
+    id_separator: str | None,
+    class_separator: str,
+    known: Container[str] | None = None,
+) -> dict[str, list[int]]:
+    """Parse an image-level label file: one ``<id><id_separator><classes>`` line per image.
+
+    The two formats in use: VOC's ``2008_000004 3,7`` (``id_separator=None``:
+    whitespace, the spaces of the class list are dropped) and the image
+    folder's ``stem,3;7`` (``id_separator=","``, ``class_separator=";"``).
+    Class indices use the mask convention (1..``num_classes``); the list may
+    be empty. Blank lines and lines starting with ``#`` are skipped; a
+    repeated id keeps its last line. Returns ``{id: sorted distinct classes}``
+    in file order.
+
+    A missing file, an id not in ``known`` (when given), unparsable class
+    indices and indices out of range (the message names the line's first)
+    raise :class:`DatasetError` naming the file and line.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"{path}: image-level label file not found")
+    result: dict[str, list[int]] = {}
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if id_separator is None:
+            parts = line.split(maxsplit=1)
+            image_id = parts[0]
+            values = parts[1].replace(" ", "") if len(parts) > 1 else ""
+        else:
+            image_id, _, values = line.partition(id_separator)
+            image_id = image_id.strip()
+        if known is not None and image_id not in known:
+            raise DatasetError(f"{path}:{number}: {image_id!r} has no image")
+        try:
+            classes = [int(v) for v in values.replace(" ", "").split(class_separator) if v]
+        except ValueError as exc:
+            raise DatasetError(f"{path}:{number}: cannot parse class indices {values!r}") from exc
+        bad = [c for c in classes if not 1 <= c <= num_classes]
+        if bad:
+            raise DatasetError(
+                f"{path}:{number}: class index {bad[0]} out of range 1..{num_classes}"
+            )
+        result[image_id] = sorted(set(classes))
+    return result
 
 
 _MASK_MODES = ("L", "P", "I", "I;16")

@@ -2,29 +2,18 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
-import torch
-from torch.utils.data import Dataset
-
-from .common import (
-    IGNORE_INDEX,
-    DatasetError,
-    labels_from_mask,
-    load_mask,
-    load_rgb,
-    make_item,
-    resize_and_crop,
-    resize_and_crop_mask,
-    to_image_tensor,
-)
+from .base import FileSample, FileSegmentationDataset
+from .common import IGNORE_INDEX, DatasetError, read_image_labels
 
 __all__ = ["IMAGE_SUFFIXES", "SegmentationFolder"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
-class SegmentationFolder(Dataset):
+class SegmentationFolder(FileSegmentationDataset):
     """Images with class-index PNG masks and/or image-level labels.
 
     Layout::
@@ -50,10 +39,36 @@ class SegmentationFolder(Dataset):
     batching needs equal sizes).
 
     Construction checks the layout, ``classes.txt``, the image/mask pairing,
-    ``labels.csv`` and the split; loading an item checks decoding, the mask
-    size and its class indices. Every problem raises
+    ``labels.csv`` and the split; loading an item
+    (:class:`~rrr.data.base.FileSegmentationDataset`) checks decoding, the
+    mask size and its class indices. Every problem raises
     :class:`~rrr.data.common.DatasetError` naming the file.
     """
+
+    name = "folder"
+
+    @classmethod
+    def from_options(
+        cls,
+        split: str | None,
+        *,
+        root: str | Path | None = None,
+        size: int | None = None,
+    ) -> SegmentationFolder:
+        """``build_dataset("folder", ...)``: ``root`` required, ``size`` None (original sizes).
+
+        The split is ``root/splits/{split}.txt``; without a ``root/splits``
+        directory every split uses all images, with a warning.
+        """
+        root = cls.require_root(root)
+        folder_split = split
+        if split is not None and not (Path(root).expanduser() / "splits").is_dir():
+            warnings.warn(
+                f"{root}: no splits/ directory, so split {split!r} uses all images",
+                stacklevel=3,  # build_dataset's caller
+            )
+            folder_split = None
+        return cls(root, split=folder_split, size=size)
 
     def __init__(self, root: str | Path, split: str | None = None, size: int | None = None) -> None:
         root = Path(root).expanduser()
@@ -94,12 +109,12 @@ class SegmentationFolder(Dataset):
                 raise DatasetError(f"{split_file}: empty split (no stems)")
         if not stems:
             raise DatasetError(f"{image_dir}: empty split (no .png/.jpg images)")
-        self.samples: list[tuple[str, Path, Path | None, list[int] | None]] = []
+        self.samples: list[FileSample] = []
         for stem in stems:
             if stem in masks:
-                self.samples.append((stem, images[stem], masks[stem], None))
+                self.samples.append(FileSample(stem, images[stem], masks[stem], None))
             elif stem in image_labels:
-                self.samples.append((stem, images[stem], None, image_labels[stem]))
+                self.samples.append(FileSample(stem, images[stem], None, image_labels[stem]))
             else:
                 raise DatasetError(
                     f"{images[stem]}: image has neither a mask ({mask_dir / (stem + '.png')}) "
@@ -122,68 +137,9 @@ class SegmentationFolder(Dataset):
     def _read_labels(self, path: Path, images: dict[str, Path]) -> dict[str, list[int]]:
         if not path.is_file():
             return {}
-        result: dict[str, list[int]] = {}
-        for number, line in enumerate(path.read_text().splitlines(), start=1):
-            line = line.strip()
-            if not line or line.startswith("#"):
-                continue
-            stem, _, values = line.partition(",")
-            stem = stem.strip()
-            if stem not in images:
-                raise DatasetError(f"{path}:{number}: {stem!r} has no image")
-            try:
-                classes = sorted({int(v) for v in values.replace(" ", "").split(";") if v})
-            except ValueError as exc:
-                raise DatasetError(
-                    f"{path}:{number}: cannot parse class indices {values!r}"
-                ) from exc
-            bad = [c for c in classes if not 1 <= c <= self.num_classes]
-            if bad:
-                raise DatasetError(
-                    f"{path}:{number}: class index {bad[0]} out of range 1..{self.num_classes}"
-                )
-            result[stem] = classes
-        return result
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    @property
-    def pixel_labelled(self) -> list[int]:
-        """Indices of the items that have a mask."""
-        return [i for i, sample in enumerate(self.samples) if sample[2] is not None]
-
-    def _multi_hot(self, classes: list[int]) -> torch.Tensor:
-        labels = torch.zeros(self.num_classes)
-        labels[[c - 1 for c in classes]] = 1.0
-        return labels
-
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor | int]:
-        _, image_path, mask_path, classes = self.samples[index]
-        image = load_rgb(image_path)
-        if mask_path is not None:
-            mask = load_mask(mask_path, self.num_classes, expected_size=image.size)
-            image, mask = resize_and_crop(image, mask, self.size)
-            mask_t = torch.from_numpy(mask)
-            labels = labels_from_mask(mask_t, self.num_classes)
-            return make_item(to_image_tensor(image), mask_t, labels, True, index)
-        image, _ = resize_and_crop(image, None, self.size)
-        width, height = image.size
-        mask_t = torch.full((height, width), IGNORE_INDEX, dtype=torch.long)
-        return make_item(
-            to_image_tensor(image), mask_t, self._multi_hot(classes or []), False, index
+        return read_image_labels(
+            path, self.num_classes, id_separator=",", class_separator=";", known=images
         )
-
-    def all_labels(self) -> torch.Tensor:
-        """Multi-hot image labels ``(len, C)`` as ``__getitem__`` gives them (masks only read)."""
-        rows = []
-        for _, _, mask_path, classes in self.samples:
-            if mask_path is not None:
-                mask = resize_and_crop_mask(load_mask(mask_path, self.num_classes), self.size)
-                rows.append(labels_from_mask(torch.from_numpy(mask), self.num_classes))
-            else:
-                rows.append(self._multi_hot(classes or []))
-        return torch.stack(rows)
 
     def __repr__(self) -> str:
         return f"SegmentationFolder({str(self.root)!r}, split={self.split!r}, size={self.size})"

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset
 
+from .base import SegmentationDataset
 from .common import labels_from_mask, make_item
 from .fashion_mnist import FASHION_MNIST_CLASSES, load_fashion_mnist
 
@@ -43,7 +43,7 @@ class SceneObject:
     width: int
 
 
-class FashionScenes(Dataset):
+class FashionScenes(SegmentationDataset):
     """Synthetic multi-object scenes of real Fashion-MNIST items with exact masks.
 
     Args:
@@ -63,6 +63,44 @@ class FashionScenes(Dataset):
     Items follow the shared format of :mod:`rrr.data.common`;
     :meth:`objects` returns the pasted items of a scene in drawing order.
     """
+
+    name = "fashion-scenes"
+    aliases = ("scenes", "fashion", "fashion-mnist-scenes")
+
+    @classmethod
+    def from_options(
+        cls,
+        split: str,
+        *,
+        root: str | Path | None = None,
+        size: int | None = None,
+        length: int | None = None,
+        objects: tuple[int, int] | None = None,
+        scene_seed: int | None = None,
+        download: bool | None = False,
+        scale: tuple[float, float] | None = None,
+        threshold: float | None = None,
+    ) -> FashionScenes:
+        """``build_dataset("fashion-scenes", ...)``; ``None`` keeps the constructor's default.
+
+        ``root`` is where to look for Fashion-MNIST first, ``scene_seed`` the
+        scene seed (default 0).
+        """
+        kwargs: dict = {
+            "split": split,
+            "root": root,
+            "download": bool(download),
+            "seed": 0 if scene_seed is None else int(scene_seed),
+        }
+        given = {
+            "size": size,
+            "length": length,
+            "objects": objects,
+            "scale": scale,
+            "threshold": threshold,
+        }
+        kwargs.update({k: v for k, v in given.items() if v is not None})
+        return cls(**kwargs)
 
     def __init__(
         self,

@@ -11,20 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-from torch.utils.data import Dataset
-
-from .common import (
-    IGNORE_INDEX,
-    DatasetError,
-    labels_from_mask,
-    load_mask,
-    load_rgb,
-    make_item,
-    resize_and_crop,
-    resize_and_crop_mask,
-    to_image_tensor,
-)
+from .base import FileSample, FileSegmentationDataset
+from .common import DatasetError, read_image_labels
 
 __all__ = ["VOC_CLASSES", "VOCSegmentationDataset", "read_image_label_file"]
 
@@ -60,33 +48,12 @@ def read_image_label_file(path: str | Path, num_classes: int) -> dict[str, list[
     Class indices use the mask convention (1..``num_classes``); an id with no
     foreground class may have an empty list. Blank lines and lines starting
     with ``#`` are skipped. Problems raise :class:`DatasetError` naming the
-    file and line.
+    file and line (see :func:`rrr.data.common.read_image_labels`).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise DatasetError(f"{path}: image-level label file not found")
-    result: dict[str, list[int]] = {}
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        parts = line.split(maxsplit=1)
-        image_id = parts[0]
-        values = parts[1].replace(" ", "") if len(parts) > 1 else ""
-        try:
-            classes = [int(v) for v in values.split(",") if v]
-        except ValueError as exc:
-            raise DatasetError(f"{path}:{number}: cannot parse class indices {values!r}") from exc
-        bad = [c for c in classes if not 1 <= c <= num_classes]
-        if bad:
-            raise DatasetError(
-                f"{path}:{number}: class index {bad[0]} out of range 1..{num_classes}"
-            )
-        result[image_id] = sorted(set(classes))
-    return result
+    return read_image_labels(path, num_classes, id_separator=None, class_separator=",")
 
 
-class VOCSegmentationDataset(Dataset):
+class VOCSegmentationDataset(FileSegmentationDataset):
     """PASCAL VOC 2012 segmentation: 20 classes + background, 255 = ignore.
 
     Args:
@@ -102,8 +69,37 @@ class VOCSegmentationDataset(Dataset):
             and the mask is all 255. Ids already in the split are skipped.
         download: pass through to :class:`torchvision.datasets.VOCSegmentation`.
 
-    Image labels of pixel-labelled images are derived from their masks.
+    Image labels of pixel-labelled images are derived from their masks; items
+    are loaded by :class:`~rrr.data.base.FileSegmentationDataset`.
     """
+
+    name = "voc"
+
+    @classmethod
+    def from_options(
+        cls,
+        split: str,
+        *,
+        root: str | Path | None = None,
+        size: int | None = None,
+        download: bool | None = False,
+        year: str | int | None = None,
+        extra_image_labels: str | Path | None = None,
+    ) -> VOCSegmentationDataset:
+        """``build_dataset("voc", ...)``: ``root`` required, ``size`` 256, ``year`` "2012".
+
+        Split ``"test"`` maps to ``"val"``: VOC test masks are not public and
+        the paper evaluates on val.
+        """
+        root = cls.require_root(root)
+        return cls(
+            root,
+            split="val" if split == "test" else split,
+            size=256 if size is None else size,
+            year="2012" if year is None else str(year),
+            extra_image_labels=extra_image_labels,
+            download=bool(download),
+        )
 
     def __init__(
         self,
@@ -137,24 +133,25 @@ class VOCSegmentationDataset(Dataset):
         ids = [line.strip() for line in split_file.read_text().splitlines() if line.strip()]
         if not ids:
             raise DatasetError(f"{split_file}: empty split (no image ids)")
+        self.samples: list[FileSample] = []
         for image_id in ids:
-            for path in (self._image_path(image_id), self.mask_dir / f"{image_id}.png"):
+            image_path, mask_path = self._image_path(image_id), self.mask_dir / f"{image_id}.png"
+            for path in (image_path, mask_path):
                 if not path.is_file():
                     raise DatasetError(f"{path}: file listed in {split_file.name} is missing")
-        # entries: (image id, image-level classes or None when the mask provides them)
-        self.samples: list[tuple[str, list[int] | None]] = [(i, None) for i in ids]
+            self.samples.append(FileSample(image_id, image_path, mask_path, None))
         if extra_image_labels is not None:
             known = set(ids)
             extra = read_image_label_file(extra_image_labels, self.num_classes)
             for image_id, classes in extra.items():
                 if image_id in known:
                     continue
-                if not self._image_path(image_id).is_file():
+                image_path = self._image_path(image_id)
+                if not image_path.is_file():
                     raise DatasetError(
-                        f"{self._image_path(image_id)}: image listed in {extra_image_labels} "
-                        "is missing"
+                        f"{image_path}: image listed in {extra_image_labels} is missing"
                     )
-                self.samples.append((image_id, classes))
+                self.samples.append(FileSample(image_id, image_path, None, classes))
 
     @staticmethod
     def _find_base(root: Path, year: str) -> Path:
@@ -169,53 +166,6 @@ class VOCSegmentationDataset(Dataset):
 
     def _image_path(self, image_id: str) -> Path:
         return self.image_dir / f"{image_id}.jpg"
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    @property
-    def pixel_labelled(self) -> list[int]:
-        """Indices of the items that have a segmentation mask."""
-        return [i for i, (_, classes) in enumerate(self.samples) if classes is None]
-
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor | int]:
-        image_id, classes = self.samples[index]
-        image = load_rgb(self._image_path(image_id))
-        if classes is None:
-            mask_path = self.mask_dir / f"{image_id}.png"
-            mask = load_mask(mask_path, self.num_classes, expected_size=image.size)
-            image, mask = resize_and_crop(image, mask, self.size)
-            mask_t = torch.from_numpy(mask)
-            return make_item(
-                to_image_tensor(image),
-                mask_t,
-                labels_from_mask(mask_t, self.num_classes),
-                True,
-                index,
-            )
-        image, _ = resize_and_crop(image, None, self.size)
-        labels = torch.zeros(self.num_classes)
-        labels[[c - 1 for c in classes]] = 1.0
-        width, height = image.size
-        mask_t = torch.full((height, width), IGNORE_INDEX, dtype=torch.long)
-        return make_item(to_image_tensor(image), mask_t, labels, False, index)
-
-    def all_labels(self) -> torch.Tensor:
-        """Multi-hot image labels ``(len, 20)`` of every item, as ``__getitem__`` gives them.
-
-        Reads the masks only (after the same resize and crop), not the images.
-        """
-        rows = []
-        for image_id, classes in self.samples:
-            if classes is None:
-                path = self.mask_dir / f"{image_id}.png"
-                mask = resize_and_crop_mask(load_mask(path, self.num_classes), self.size)
-                rows.append(labels_from_mask(torch.from_numpy(mask), self.num_classes))
-            else:
-                row = torch.zeros(self.num_classes)
-                row[[c - 1 for c in classes]] = 1.0
-                rows.append(row)
-        return torch.stack(rows)
 
     def __repr__(self) -> str:
         return f"VOCSegmentationDataset({str(self.base)!r}, split={self.split!r}, size={self.size})"

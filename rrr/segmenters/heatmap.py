@@ -1,51 +1,52 @@
 """``HeatmapSegmenter``: a classifier's class heatmaps used as segmentation logits.
 
-The segmentation paper (Yu et al.) observes that an LRP heatmap of a classifier
-is an encoder-decoder whose decoder is the LRP backward pass with weights tied
-to the encoder; stacked class heatmaps plus a background channel are
-segmentation logits, and standard segmentation losses on them train the
+The segmentation paper (Yu et al., "Model guidance via explanations turns image
+classifiers into segmentation models") observes that an LRP heatmap of a
+classifier is an encoder-decoder whose decoder is the LRP backward pass with
+weights tied to the encoder; stacked class heatmaps plus a background channel
+are segmentation logits, and standard segmentation losses on them train the
 classifier. This module turns maps ``R_c`` (B, C, H, W) of any backend into
 logits (B, C + 1, H, W), channel 0 being the background::
 
     logit_0      = b                        (background = "constant")
-                 = R_bg                     (background = "neuron": heatmap of an extra output)
+                 = s * N(S(R_bg))           (background = "neuron": heatmap of an extra output)
     logit_c      = s * N(S(R_c))            c = 1..C
-    logit_c      = -inf  if class c is gated off (absent)
+    logit_c      = NEG  if class c is gated off (absent)
 
 with ``S`` an optional box blur and ``N`` a per-image normalisation (``"std"``:
 divide by the standard deviation of the image's maps, ``"max"``: by their
 maximum absolute value, ``"none"``). ``s`` and ``b`` are learned scalars.
 
 Gating: during training the image-level labels say which classes are present,
-so the softmax runs over the background and the present classes only (this
-beat an all-class softmax by a wide margin in the calibration runs, design
-brief sec. 5). At inference the classifier's own prediction gates the classes
-(``gating="predicted"``: logit > ``threshold``), or nothing does (``"none"``).
+so the softmax runs over the background and the present classes only (in
+calibration runs this beat an all-class softmax by a wide margin; see
+docs/finetuning.md). At inference the classifier's own prediction gates the
+classes (``gating="predicted"``: logit > ``threshold``), or nothing does
+(``"none"``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+import heatmaps
 from heatmaps.base import Heatmap
 
-NEG = -1e4  # "minus infinity" for gated-off classes that keeps softmax/CE finite
+from ..classifiers import build_classifier, check_support
+from .base import NEG, Segmenter, SegmenterOutput
+from .objective import supervised_loss
+
+if TYPE_CHECKING:
+    from ..config import RunConfig
+
+__all__ = ["HeatmapSegmenter"]
 
 
-@dataclass
-class SegmenterOutput:
-    """Segmentation logits ``(B, C+1, H, W)``, class logits ``(B, C)`` and raw maps ``(B, C, H, W)``."""
-
-    seg_logits: Tensor
-    logits: Tensor
-    maps: Tensor
-
-
-class HeatmapSegmenter(nn.Module):
+class HeatmapSegmenter(Segmenter):
     """Segmentation logits from the heatmaps of a classifier.
 
     Args:
@@ -59,7 +60,13 @@ class HeatmapSegmenter(nn.Module):
         gating: inference gating, ``"predicted"`` or ``"none"``.
         threshold: class-logit threshold of ``"predicted"`` gating.
         init_scale: initial value of the learned map scale ``s``.
+        loss: the segmentation loss of the heatmap stage (a name of
+            :data:`rrr.losses.LOSSES`).
+        cls_weight: weight of the classification term in the heatmap stage.
+        seg_weight: weight of the segmentation term.
     """
+
+    name = "heatmap"
 
     def __init__(
         self,
@@ -72,6 +79,9 @@ class HeatmapSegmenter(nn.Module):
         gating: str = "predicted",
         threshold: float = 0.0,
         init_scale: float = 1.0,
+        loss: str = "ce",
+        cls_weight: float = 1.0,
+        seg_weight: float = 1.0,
     ) -> None:
         super().__init__()
         if background not in ("constant", "neuron"):
@@ -85,15 +95,50 @@ class HeatmapSegmenter(nn.Module):
         if backend.model is not classifier:
             raise ValueError("backend: the heatmap backend must wrap the same classifier")
         self.classifier = classifier
-        self.backend = backend
+        # the backend holds the classifier (and, for Grad-CAM, captum's view of one of its
+        # layers): keep it out of the module tree so that state_dict has each weight once
+        object.__setattr__(self, "backend", backend)
         self.num_classes = num_classes
         self.background = background
         self.normalise = normalise
         self.smoothing = smoothing
         self.gating = gating
         self.threshold = threshold
+        self.loss_name = loss
+        self.cls_weight = cls_weight
+        self.seg_weight = seg_weight
         self.scale = nn.Parameter(torch.tensor(float(init_scale)))
         self.background_logit = nn.Parameter(torch.tensor(0.0))
+
+    @classmethod
+    def from_config(cls, config: RunConfig, num_classes: int) -> HeatmapSegmenter:
+        check_support(config.method, config.arch)
+        outputs = num_classes + (1 if config.background == "neuron" else 0)
+        classifier = build_classifier(config.arch, outputs, config.weights)
+        options: dict[str, Any] = {}
+        if config.method == "lrp":
+            options = {"composite": config.composite, "relevance": config.relevance}
+            if config.composite == "epsilon":
+                options["epsilon"] = config.epsilon
+        if config.method not in heatmaps.available():
+            raise ValueError(
+                f"--method {config.method}: unknown backend; "
+                f"available: {', '.join(heatmaps.available())}"
+            )
+        backend = heatmaps.get(config.method, classifier, **options)
+        return cls(
+            classifier,
+            backend,
+            num_classes,
+            background=config.background,
+            normalise=config.normalise,
+            smoothing=config.smoothing,
+            gating=config.gating,
+            threshold=config.threshold,
+            loss=config.loss,
+            cls_weight=config.cls_weight,
+            seg_weight=config.seg_weight,
+        )
 
     # -- the pieces ---------------------------------------------------------------------------
     def _smooth(self, maps: Tensor) -> Tensor:
@@ -113,10 +158,6 @@ class HeatmapSegmenter(nn.Module):
         else:
             scale = maps.flatten(1).abs().amax(dim=1)
         return maps / (scale[:, None, None, None] + 1e-12)
-
-    def class_presence(self, logits: Tensor) -> Tensor:
-        """``(B, C)`` bool: classes the classifier predicts present (logit > threshold)."""
-        return logits[:, : self.num_classes] > self.threshold
 
     # -- forward ------------------------------------------------------------------------------
     def forward(
@@ -146,11 +187,7 @@ class HeatmapSegmenter(nn.Module):
         c = self.num_classes
         batch = x.shape[0]
         if present is not None:
-            present = present.to(device=x.device, dtype=torch.bool)
-            if present.shape != (batch, c):
-                raise ValueError(
-                    f"present: expected a (B, C) = ({batch}, {c}) multi-hot, got {tuple(present.shape)}"
-                )
+            present = self.check_present(present, batch, x.device)
             targets = present
         else:
             targets = torch.ones(batch, c, dtype=torch.bool, device=x.device)
@@ -166,36 +203,36 @@ class HeatmapSegmenter(nn.Module):
             background = self.scale * self._normalise(self._smooth(background))
         else:
             background = self.background_logit.expand(batch, 1, *x.shape[-2:])
-        if present is None:
-            gate = (
-                self.class_presence(out.logits)
-                if self.gating == "predicted"
-                else torch.ones_like(targets[:, :c])
-            )
-        else:
-            gate = present
+        gate = self.gate(out.logits, present)
         class_maps = torch.where(
             gate[:, :, None, None], class_maps, torch.full_like(class_maps, NEG)
         )
         seg_logits = torch.cat([background.to(class_maps.dtype), class_maps], dim=1)
         return SegmenterOutput(seg_logits, out.logits, maps)
 
-    @torch.no_grad()
-    def predict(self, x: Tensor) -> Tensor:
-        """``(B, H, W)`` label maps (0 = background), gated as configured."""
-        return self.forward(x, None, create_graph=False).seg_logits.argmax(dim=1)
+    # -- training -----------------------------------------------------------------------------
+    def training_loss(
+        self, batch: dict[str, Tensor], phase: str
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """Pre-training: classification. Heatmap stage: ``cls_weight * classification +
+        seg_weight * loss`` on maps of the labelled classes of the pixel-labelled images."""
+        if phase == "pretrain":
+            return super().training_loss(batch, phase)
+        present = batch["labels"] > 0.5
+        out = self(batch["image"], present & batch["has_mask"][:, None])
+        return supervised_loss(self, out, batch, with_classification=True)
 
+    def param_groups(self) -> list[dict[str, Any]]:
+        """``"model"``: the classifier; ``"scalars"``: the map scale and background logit."""
+        scalars = [self.scale, self.background_logit]
+        ids = {id(p) for p in scalars}
+        weights = [p for p in self.parameters() if id(p) not in ids]
+        return [{"params": weights, "name": "model"}, {"params": scalars, "name": "scalars"}]
 
-def freeze_batchnorm(model: nn.Module) -> list[nn.Module]:
-    """Put every BatchNorm of ``model`` in eval mode (statistics frozen); return them.
+    @property
+    def backbone(self) -> nn.Module:
+        return self.classifier
 
-    Fine-tuning batches are small and LRP canonizers need fixed statistics, so
-    statistics are frozen by default; the affine parameters still train. Call
-    again after every ``model.train()``.
-    """
-    frozen = []
-    for module in model.modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm):
-            module.eval()
-            frozen.append(module)
-    return frozen
+    def heatmap(self) -> Heatmap:
+        """The backend whose maps this segmenter turns into logits."""
+        return self.backend

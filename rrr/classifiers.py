@@ -1,4 +1,4 @@
-"""Building classifiers and segmenters from command-line names."""
+"""torchvision classifiers by name, with a fresh head and optional local weights."""
 
 from __future__ import annotations
 
@@ -7,11 +7,6 @@ from pathlib import Path
 import torch
 import torchvision
 from torch import nn
-
-import heatmaps
-
-from .baselines import UNetSegmenter
-from .segmenter import HeatmapSegmenter
 
 # families whose layers LRP rules and canonizers cover (convolutions, linear
 # layers, ReLU, pooling, BatchNorm after a linear layer, ResNet residual sums)
@@ -112,50 +107,3 @@ def build_classifier(arch: str, num_outputs: int, weights: str | None = None) ->
                 f"(missing {sorted(set(missing) - head_keys)[:3]}, unexpected {unexpected[:3]})"
             )
     return replace_head(model, num_outputs)
-
-
-def build_segmenter(config: dict, num_classes: int) -> nn.Module:
-    """The model a run trains, from the run's configuration dict."""
-    kind = config["model"]
-    if kind in ("unet", "mt-unet"):
-        return UNetSegmenter(config["arch"], num_classes, multitask=kind == "mt-unet")
-    if kind != "heatmap":
-        raise ValueError(f"--model: expected heatmap, unet or mt-unet, got {kind!r}")
-    method = config["method"]
-    check_support(method, config["arch"])
-    # --- explainer (paper 1b): frozen classifier + Explainer network, see rrr.explainer_segmenter
-    if method == "explainer":
-        from .explainer_segmenter import ExplainerSegmenter
-
-        if config.get("background", "constant") != "constant":
-            raise ValueError("--background neuron does not apply to --method explainer")
-        return ExplainerSegmenter(
-            build_classifier(config["arch"], num_classes, config["weights"]),
-            config.get("explainer", "deeplabv3_resnet50"),
-            num_classes,
-            gating=config["gating"],
-            threshold=config["threshold"],
-        )
-    # --- end explainer
-    outputs = num_classes + (1 if config["background"] == "neuron" else 0)
-    classifier = build_classifier(config["arch"], outputs, config["weights"])
-    options: dict = {}
-    if method == "lrp":
-        options = {"composite": config["composite"], "relevance": config.get("relevance", "logit")}
-        if config["composite"] == "epsilon":
-            options["epsilon"] = config["epsilon"]
-    if method not in heatmaps.available():
-        raise ValueError(
-            f"--method {method}: unknown backend; available: {', '.join(heatmaps.available())}"
-        )
-    backend = heatmaps.get(method, classifier, **options)
-    return HeatmapSegmenter(
-        classifier,
-        backend,
-        num_classes,
-        background=config["background"],
-        normalise=config["normalise"],
-        smoothing=config["smoothing"],
-        gating=config["gating"],
-        threshold=config["threshold"],
-    )

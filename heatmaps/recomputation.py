@@ -1,4 +1,8 @@
-"""Activation checkpointing of a classifier's encoder, for when memory is the limit.
+"""Activation recomputation of a classifier's encoder, for when memory is the limit.
+
+PyTorch calls this *activation checkpointing*, and the public names here follow
+it; the module is called ``recomputation`` because in this project a
+"checkpoint" is also a file of saved weights (``rrr.checkpoint``).
 
 :func:`activation_checkpointing` is a context manager that, for its duration,
 runs chosen submodules (by default the stages of the encoder, see
@@ -14,28 +18,20 @@ backward pass is the price).
 
 BatchNorm layers in training mode update their running statistics in the
 forward pass; the recomputation in the backward pass runs on copies of those
-buffers, so the statistics are updated once per step, as without
-checkpointing. As with any activation checkpointing, do not change the
-parameters, buffers or train/eval modes between a forward pass and its
-backward pass.
+buffers (:class:`heatmaps.base.NormStatisticsCopies`), so the statistics are
+updated once per step, as without checkpointing. As with any activation
+checkpointing, do not change the parameters, buffers or train/eval modes
+between a forward pass and its backward pass.
 
-What it saves depends on the heatmap method. Peak RSS increase of one
-training step (forward, cross-entropy plus the mean squared map, backward,
-parameter gradients included; resnet50, batch 32, 64 px, CPU; measured with
-``benchmarks/checkpoint_memory.py``), without and with ``layer1`` .. ``layer4``
-checkpointed:
-
-* classification: 270 MiB without, 207 MiB with;
-* Grad-CAM heatmap step: 271 MiB without, 207 MiB with;
-* input x gradient heatmap step (double backprop): 455 MiB without, 467 MiB with.
-
-Checkpointing pays only for methods with a single backward pass (Grad-CAM,
-the frozen classifier of the Explainer, plain classification). A
-double-backprop heatmap step (input x gradient, saliency, integrated
-gradients, ...) computes its maps with a first backward pass that recomputes
-the activations and builds the relevance graph from the recomputed ones, so
-they are held again until the final backward pass: no saving, and one more
-forward pass.
+What it saves depends on the heatmap method. Checkpointing pays only for
+methods with a single backward pass (Grad-CAM, the frozen classifier of the
+Explainer, plain classification): their peak memory drops by the activations
+inside the stages. A double-backprop heatmap step (input x gradient, saliency,
+integrated gradients, ...) computes its maps with a first backward pass that
+recomputes the activations and builds the relevance graph from the recomputed
+ones, so they are held again until the final backward pass: no saving, and one
+more forward pass. The measurements (``benchmarks/checkpoint_memory.py``) are
+in docs/benchmarks.md.
 
 LRP is not supported: :class:`heatmaps.LRPHeatmap` attaches its rule hooks
 only for the duration of its call, so the recomputation in the final backward
@@ -50,9 +46,11 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 from torch.utils.checkpoint import checkpoint
 from torchvision.models import ResNet
+
+from .base import NormStatisticsCopies
 
 __all__ = ["activation_checkpointing", "default_checkpoint_modules", "is_checkpointed"]
 
@@ -69,7 +67,7 @@ def default_checkpoint_modules(model: nn.Module) -> list[str]:
       MobileNet, EfficientNet, ConvNeXt, ...): the children of ``features`` that
       have parameters (``features.0``, ...). Where these are single layers
       (VGG, AlexNet) a checkpointed region is one layer, whose input is kept
-      anyway, so checkpointing saves nothing there (measured for vgg11).
+      anyway, so checkpointing saves nothing there.
 
     Raises:
         ValueError: for any other model, naming its class.
@@ -101,40 +99,15 @@ def _is_wrapper(forward: object) -> bool:
     return bool(getattr(forward, MARK, False))
 
 
-class _NormStatisticsUntouched:
-    """Run the recomputation on copies of the running statistics of train-mode norm layers.
-
-    In training mode a norm layer normalises with the batch statistics, so the
-    copies give the same output; the originals are put back unwritten. One
-    instance serves every recomputation of its checkpointed call (a double
-    backward pass recomputes more than once), so it can be entered repeatedly.
-    """
-
-    def __init__(self, module: nn.Module) -> None:
-        self.module = module
-        self.swapped: list[list[tuple[dict[str, Tensor | None], str, Tensor]]] = []
-
-    def __enter__(self) -> None:
-        swapped = []
-        for sub in self.module.modules():
-            if isinstance(sub, nn.modules.batchnorm._NormBase) and sub.training:
-                for key in ("running_mean", "running_var", "num_batches_tracked"):
-                    buffer = sub._buffers.get(key)
-                    if buffer is not None:
-                        swapped.append((sub._buffers, key, buffer))
-                        sub._buffers[key] = buffer.clone()
-        self.swapped.append(swapped)
-
-    def __exit__(self, *exc_info: object) -> None:
-        for store, key, buffer in self.swapped.pop():
-            store[key] = buffer
-
-
 def _checkpointed(module: nn.Module, original: Callable[..., Any]) -> Callable[..., Any]:
     """``forward`` of ``module`` running ``original`` under non-reentrant checkpointing."""
 
-    def contexts() -> tuple[contextlib.AbstractContextManager, _NormStatisticsUntouched]:
-        return contextlib.nullcontext(), _NormStatisticsUntouched(module)
+    def contexts() -> tuple[contextlib.AbstractContextManager, NormStatisticsCopies]:
+        # the recomputation runs on copies of the running statistics of train-mode norm
+        # layers, so they are updated once per step (by the forward pass); one instance
+        # serves every recomputation of its checkpointed call (a double backward pass
+        # recomputes more than once)
+        return contextlib.nullcontext(), NormStatisticsCopies(module, training_only=True)
 
     def forward(*args: Any, **kwargs: Any) -> Any:
         if not torch.is_grad_enabled():  # nothing is saved for backward anyway

@@ -1,12 +1,12 @@
 """``ExplainerSegmenter``: a frozen classifier plus an Explainer as a segmenter.
 
 The Explainer of Stalder et al. ("What you see is what you classify: black box
-attributions", NeurIPS 2022; design brief, paper 1b) predicts one sigmoid mask
+attributions", NeurIPS 2022) predicts one sigmoid mask
 per class of a classifier in a single forward pass, and is trained against the
 *frozen* classifier with :class:`heatmaps.explainer.ExplainerLoss`. This module
-packs both networks behind the segmenter contract of :mod:`rrr.segmenter`
-(:class:`~rrr.segmenter.SegmenterOutput`), so that ``python -m rrr.finetune
---method explainer`` trains it with the same :class:`~rrr.trainer.Trainer`
+packs both networks behind the :class:`~rrr.segmenters.base.Segmenter`
+interface, so that ``python -m rrr.finetune --method explainer`` (or ``--model
+explainer``) trains it with the same :class:`~rrr.trainer.Trainer`
 (checkpoints, resume, logs, ``torchrun``) and ``rrr.evaluate`` / ``rrr.predict``
 work on its checkpoints:
 
@@ -15,7 +15,8 @@ work on its checkpoints:
   classifier of a heatmap segmenter (``forward(x, classify_only=True)``);
 * stage 2 (``"finetune"``, ``--epochs``): the classifier is frozen (``eval()``,
   ``requires_grad`` off, kept in ``eval()`` by :meth:`ExplainerSegmenter.train`)
-  and only the Explainer learns, from :meth:`ExplainerSegmenter.objective`: the
+  and only the Explainer learns, from :meth:`ExplainerSegmenter.objective`
+  (:meth:`~ExplainerSegmenter.training_loss` of the stage): the
   paper's loss on every image plus, beyond the paper, ``--seg-weight`` times a
   pixel-level loss (``--loss``) on the ``--pixel-labels`` images.
 
@@ -32,6 +33,8 @@ on is below 0.5, and otherwise the class with the largest mask
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import Tensor, nn
 
@@ -44,18 +47,22 @@ from heatmaps.explainer import (
     segmentation_logits,
 )
 
-from .objectives import segmentation_loss
-from .segmenter import NEG, SegmenterOutput
+from ..classifiers import build_classifier, check_support
+from .base import NEG, Segmenter, SegmenterOutput
+from .objective import segmentation_loss
+
+if TYPE_CHECKING:
+    from ..config import RunConfig
 
 __all__ = ["ExplainerSegmenter"]
 
 
-class ExplainerSegmenter(nn.Module):
-    """A classifier and its Explainer, with the :class:`~rrr.segmenter.SegmenterOutput` contract.
+class ExplainerSegmenter(Segmenter):
+    """A classifier and its Explainer behind the :class:`~rrr.segmenters.base.Segmenter` interface.
 
     Args:
         classifier: a classifier with ``num_classes`` outputs (e.g. from
-            :func:`rrr.models.build_classifier`).
+            :func:`rrr.classifiers.build_classifier`).
         explainer: ``(B, 3, H, W)`` images to ``(B, num_classes, H, W)`` mask
             logits (e.g. from :func:`heatmaps.explainer.build_explainer`), or an
             architecture name for :func:`~heatmaps.explainer.build_explainer`.
@@ -65,12 +72,17 @@ class ExplainerSegmenter(nn.Module):
         threshold: class-logit threshold of ``"predicted"`` gating.
         loss: the paper's loss (:class:`heatmaps.explainer.ExplainerLoss`);
             default: the paper's weights 1, 1, 1, 1, 0.1, 0.3 and area bounds 0.05, 0.3.
+        pixel_loss: the pixel term's loss on the pixel-labelled images (a name
+            of :data:`rrr.losses.LOSSES`).
+        seg_weight: weight of the pixel term (0: the paper's unsupervised Explainer).
 
     Attributes:
         classifier_frozen: whether :meth:`freeze_classifier` has been called
             (stage 2); from then on the classifier stays in ``eval()`` whatever
             :meth:`train` is asked.
     """
+
+    name = "explainer"
 
     def __init__(
         self,
@@ -80,6 +92,8 @@ class ExplainerSegmenter(nn.Module):
         gating: str = "predicted",
         threshold: float = 0.0,
         loss: ExplainerLoss | None = None,
+        pixel_loss: str = "ce",
+        seg_weight: float = 1.0,
     ) -> None:
         super().__init__()
         if gating not in ("predicted", "none"):
@@ -92,7 +106,24 @@ class ExplainerSegmenter(nn.Module):
         self.gating = gating
         self.threshold = threshold
         self.loss = loss if loss is not None else ExplainerLoss()
+        self.loss_name = pixel_loss
+        self.seg_weight = seg_weight
         self.classifier_frozen = False
+
+    @classmethod
+    def from_config(cls, config: RunConfig, num_classes: int) -> ExplainerSegmenter:
+        check_support("explainer", config.arch)
+        if config.background != "constant":
+            raise ValueError("--background neuron does not apply to --method explainer")
+        return cls(
+            build_classifier(config.arch, num_classes, config.weights),
+            config.explainer,
+            num_classes,
+            gating=config.gating,
+            threshold=config.threshold,
+            pixel_loss=config.loss,
+            seg_weight=config.seg_weight,
+        )
 
     # -- stages -------------------------------------------------------------------------------
     def freeze_classifier(self) -> ExplainerSegmenter:
@@ -113,24 +144,6 @@ class ExplainerSegmenter(nn.Module):
         return ExplainerHeatmap(self.classifier, self.explainer)
 
     # -- forward ------------------------------------------------------------------------------
-    def class_presence(self, logits: Tensor) -> Tensor:
-        """``(B, C)`` bool: classes the classifier predicts present (logit > threshold)."""
-        return logits[:, : self.num_classes] > self.threshold
-
-    def _gate(self, logits: Tensor, present: Tensor | None, batch: int) -> Tensor:
-        c = self.num_classes
-        if present is not None:
-            present = present.to(device=logits.device, dtype=torch.bool)
-            if present.shape != (batch, c):
-                raise ValueError(
-                    f"present: expected a (B, C) = ({batch}, {c}) multi-hot, "
-                    f"got {tuple(present.shape)}"
-                )
-            return present
-        if self.gating == "predicted":
-            return self.class_presence(logits)
-        return torch.ones(batch, c, dtype=torch.bool, device=logits.device)
-
     @staticmethod
     def gated_segmentation_logits(mask_logits: Tensor, gate: Tensor) -> Tensor:
         """``(B, C + 1, H, W)`` logits of the module docstring from mask logits and a ``(B, C)`` gate."""
@@ -159,7 +172,7 @@ class ExplainerSegmenter(nn.Module):
                 ``maps`` are ``None``.
 
         Returns:
-            :class:`~rrr.segmenter.SegmenterOutput` with ``seg_logits`` ``(B, C + 1, H, W)``,
+            :class:`~rrr.segmenters.base.SegmenterOutput` with ``seg_logits`` ``(B, C + 1, H, W)``,
             the classifier's ``logits`` ``(B, C)`` and the sigmoid masks of every
             class as ``maps`` ``(B, C, H, W)`` (not gated).
         """
@@ -175,14 +188,9 @@ class ExplainerSegmenter(nn.Module):
                 f"explainer: expected mask logits {(x.shape[0], self.num_classes, *x.shape[-2:])}, "
                 f"got {tuple(mask_logits.shape)}"
             )
-        gate = self._gate(logits, present, x.shape[0])
+        gate = self.gate(logits, present)
         seg_logits = self.gated_segmentation_logits(mask_logits, gate)
         return SegmenterOutput(seg_logits, logits, mask_logits.sigmoid())
-
-    @torch.no_grad()
-    def predict(self, x: Tensor) -> Tensor:
-        """``(B, H, W)`` label maps (0 = background), gated as configured."""
-        return self.forward(x, None, create_graph=False).seg_logits.argmax(dim=1)
 
     # -- stage 2 objective --------------------------------------------------------------------
     def objective(
@@ -198,7 +206,7 @@ class ExplainerSegmenter(nn.Module):
 
         ``total = ExplainerLoss(masks, x, labels, classifier)
         + seg_weight * loss_name(pixel term)``, where the pixel term is
-        :func:`rrr.objectives.segmentation_loss` on the pixel-labelled samples
+        :func:`rrr.segmenters.objective.segmentation_loss` on the pixel-labelled samples
         (``has_mask``): ``ce`` / ``dice`` on the segmentation logits gated by
         the true labels, the guidance losses (``l1``, ``energy``, ``ppce``, ...)
         on the masks of the present classes. ``seg_weight = 0`` is the paper's
@@ -234,3 +242,22 @@ class ExplainerSegmenter(nn.Module):
             total = total + seg_weight * seg
             terms["seg"] = seg.detach()
         return total, terms
+
+    def training_loss(
+        self, batch: dict[str, Tensor], phase: str
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """Stage 1: the classifier's classification loss; stage 2: :meth:`objective`."""
+        if phase == "pretrain":
+            return super().training_loss(batch, phase)
+        return self.objective(
+            batch["image"],
+            batch["labels"],
+            batch["mask"],
+            batch["has_mask"],
+            self.loss_name,
+            self.seg_weight,
+        )
+
+    @property
+    def backbone(self) -> nn.Module:
+        return self.classifier

@@ -21,7 +21,7 @@ from torchmetrics.classification import (
     MultilabelF1Score,
 )
 
-IGNORE_INDEX = 255
+from heatmaps.labels import IGNORE_INDEX
 
 
 @dataclass

@@ -1,0 +1,42 @@
+"""Segmenters: every model ``rrr.finetune`` trains implements :class:`Segmenter`.
+
+* :class:`HeatmapSegmenter` (``--model heatmap``): a classifier's heatmaps as
+  segmentation logits (Yu et al.);
+* :class:`ExplainerSegmenter` (``--model explainer`` or ``--method explainer``):
+  a frozen classifier and its Explainer masks (Stalder et al.);
+* :class:`UNetSegmenter` / :class:`MultiTaskUNetSegmenter` (``--model unet`` /
+  ``mt-unet``): the baselines on the same data.
+
+To add a segmenter, write one module here with a :class:`Segmenter` subclass
+that sets ``name`` and implements ``from_config``, ``forward`` and
+``training_loss``, and import it below (the import registers it).
+"""
+
+from .base import (
+    NEG,
+    Segmenter,
+    SegmenterOutput,
+    build_segmenter,
+    freeze_batchnorm,
+    segmenter_names,
+)
+from .explainer import ExplainerSegmenter
+from .heatmap import HeatmapSegmenter
+from .objective import segmentation_loss, supervised_loss
+from .unet import SMP_ENCODERS, MultiTaskUNetSegmenter, UNetSegmenter
+
+__all__ = [
+    "NEG",
+    "SMP_ENCODERS",
+    "ExplainerSegmenter",
+    "HeatmapSegmenter",
+    "MultiTaskUNetSegmenter",
+    "Segmenter",
+    "SegmenterOutput",
+    "UNetSegmenter",
+    "build_segmenter",
+    "freeze_batchnorm",
+    "segmentation_loss",
+    "segmenter_names",
+    "supervised_loss",
+]
