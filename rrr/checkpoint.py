@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -53,18 +54,35 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     atomic_write_bytes(path, lambda handle: torch.save(state, handle))
 
 
+def safe_load(path: str | Path, what: str, map_location: str | torch.device = "cpu") -> Any:
+    """``torch.load(path, weights_only=True)`` with one-line errors that begin with ``what``.
+
+    A file that holds pickled code (anything beyond tensors and plain
+    containers) is refused for safety and said so; the advice is never to turn
+    the safety off.
+    """
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as error:  # noqa: BLE001 - any unpickling failure is one clear line
+        text = str(error)
+        if "Weights only load failed" in text or "Unsupported global" in text:
+            found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+            name = f" ({found.group(1)})" if found else ""
+            raise CheckpointError(
+                f"{what}: holds pickled code{name} beyond tensors and plain data, so it was "
+                "refused for safety; only load files written by rrr.finetune or "
+                "torch.save(model.state_dict())"
+            ) from None
+        reason = text.splitlines()[0] if text else type(error).__name__
+        raise CheckpointError(f"{what}: truncated or corrupt, cannot be read ({reason})") from None
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read a checkpoint written by :func:`save_checkpoint`, with errors that name the file."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path}: no such file")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as error:  # noqa: BLE001 - any unpickling failure is one clear line
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise CheckpointError(
-            f"checkpoint {path}: truncated or corrupt, cannot be read ({reason})"
-        ) from None
+    state = safe_load(path, f"checkpoint {path}", map_location)
     if not isinstance(state, dict) or any(key not in state for key in REQUIRED_KEYS):
         raise CheckpointError(f"checkpoint {path}: not a checkpoint written by rrr.finetune")
     return state

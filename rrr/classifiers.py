@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 import torchvision
 from torch import nn
 
@@ -84,10 +83,9 @@ def build_classifier(arch: str, num_outputs: int, weights: str | None = None) ->
         if not path.is_file():
             raise ValueError(f"--weights {weights}: no such file")
         model = torchvision.models.get_model(arch, weights=None)
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as error:  # noqa: BLE001 - report any unpickling failure as one line
-            raise ValueError(f"--weights {weights}: not a readable state dict ({error})") from None
+        from .checkpoint import safe_load
+
+        state = safe_load(path, f"--weights {weights}")
         if isinstance(state, dict) and "state_dict" in state:
             state = state["state_dict"]
         _, _, head = _head_slot(model)

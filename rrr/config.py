@@ -19,11 +19,12 @@ import argparse
 import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 __all__ = [
     "SECTIONS",
     "ConfigError",
+    "OneLineParser",
     "RunConfig",
     "add_data_options",
     "finetune_parser",
@@ -33,6 +34,17 @@ __all__ = [
 
 class ConfigError(ValueError):
     """Options that cannot work together; the message names them."""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose errors are one line (``prog: error: ...``), exit status 2.
+
+    argparse prints the whole usage first, which buries the one line that
+    says what is wrong; ``--help`` still shows the usage.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
 SECTIONS = {
@@ -77,6 +89,13 @@ positive_int = _bounded(int, 0, strict=True)
 positive_float = _bounded(float, 0.0, strict=True)
 non_negative_int = _bounded(int, 0, strict=False)
 non_negative_float = _bounded(float, 0.0, strict=False)
+
+
+def count_or_all(text: str) -> int | str:
+    """A number >= 0, or ``all``."""
+    if text == "all":
+        return "all"
+    return non_negative_int(text)
 
 
 def _choices(source: str) -> Callable[[], list[str]]:
@@ -266,11 +285,11 @@ class RunConfig:
     scene_seed: int = option(
         0, "scene composition seed (fashion-scenes)", type=int, metavar="SEED", section="data"
     )
-    pixel_labels: int = option(
+    pixel_labels: int | str = option(
         50,
-        "training images that keep their pixel masks",
-        type=non_negative_int,
-        metavar="N",
+        "training images that keep their pixel masks (a number, or all)",
+        type=count_or_all,
+        metavar="{N,all}",
         section="loss",
     )
     labelled_per_batch: int | None = option(
@@ -383,6 +402,12 @@ class RunConfig:
             object.__setattr__(self, "method", "explainer")
         if isinstance(self.objects, list):
             object.__setattr__(self, "objects", tuple(self.objects))
+        if self.model == "heatmap" and self.method == "lrp" and not self.freeze_bn:
+            raise ConfigError(
+                "--no-freeze-bn does not work with --method lrp: LRP merges each BatchNorm into "
+                "its layer with the running statistics, so they would never be updated; drop "
+                "--no-freeze-bn or use another --method"
+            )
         if self.checkpoint_activations and self.model == "heatmap" and self.method == "lrp":
             raise ConfigError(
                 "--checkpoint-activations does not support --method lrp: LRP attaches its rules "
@@ -482,7 +507,7 @@ def add_data_options(parser: argparse.ArgumentParser, with_defaults: bool = True
 
 def finetune_parser() -> argparse.ArgumentParser:
     """The parser of ``python -m rrr.finetune``, generated from :class:`RunConfig`."""
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="python -m rrr.finetune",
         description="Fine-tune a torchvision classifier into a semantic segmenter from image-level "
         "labels plus a few pixel-labelled images, or train a U-Net baseline on the same data.",

@@ -37,12 +37,12 @@ from tqdm import tqdm
 from heatmaps.base import Heatmap
 from heatmaps.labels import IGNORE_INDEX, class_masks
 
-from .config import RunConfig, add_data_options, positive_int
+from .config import OneLineParser, RunConfig, add_data_options, positive_int
 from .segmenters import Segmenter
 
 
 def evaluate_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="python -m rrr.evaluate",
         description="Evaluate a checkpoint of rrr.finetune on a data split.",
     )

@@ -13,29 +13,68 @@ Every run writes into ``--out``: ``checkpoint.pt`` (atomic), ``metrics.json``,
 
 from __future__ import annotations
 
+import shlex
 import sys
+import warnings
 from collections.abc import Sequence
 
 from .config import finetune_parser
 
 
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:  # noqa: ANN001
+    return f"rrr.finetune: warning: {message}\n"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = finetune_parser().parse_args(argv)
     # imported late so that --help answers instantly
     from .checkpoint import CheckpointError
     from .config import RunConfig
     from .data import DatasetError
+    from .interrupt import RunInterrupted
     from .trainer import Trainer
 
+    formatwarning, warnings.formatwarning = warnings.formatwarning, _one_line_warning
+    trainer = None
+    failed = True
     try:
         trainer = Trainer(RunConfig.from_args(args))
-        try:
-            result = trainer.run()
-        finally:
-            trainer.close()
+        result = trainer.run()
+        failed = False
+    except RunInterrupted as stop:
+        failed = False
+        again = shlex.join(
+            [
+                "python",
+                "-m",
+                "rrr.finetune",
+                *argv,
+                *(["--resume"] if "--resume" not in argv else []),
+            ]
+        )
+        print(
+            f"rrr.finetune: interrupted at step {stop.global_step}; checkpoint written to "
+            f"{trainer.out / 'checkpoint.pt'}; continue with: {again}",
+            file=sys.stderr,
+        )
+        return 130
+    except KeyboardInterrupt:
+        print("rrr.finetune: interrupted before a checkpoint could be written", file=sys.stderr)
+        return 130
     except (ValueError, CheckpointError, DatasetError, FloatingPointError) as error:
         print(f"rrr.finetune: error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:  # e.g. --out became unwritable or the disk filled up mid-run
+        where = f" ({error.filename})" if error.filename else ""
+        print(
+            f"rrr.finetune: error: cannot write{where}: {error.strerror or error}", file=sys.stderr
+        )
+        return 2
+    finally:
+        warnings.formatwarning = formatwarning
+        if trainer is not None:
+            trainer.close(failed)
     if trainer.dist.main:
         miou = result.get("val_miou")
         summary = f"val mIoU {miou:.4f}" if isinstance(miou, float) else "no validation mIoU"

@@ -22,9 +22,9 @@ from PIL import Image, UnidentifiedImageError
 
 
 def predict_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m rrr.predict", description=__doc__.split("\n")[0]
-    )
+    from .config import OneLineParser
+
+    parser = OneLineParser(prog="python -m rrr.predict", description=__doc__.split("\n")[0])
     parser.add_argument(
         "--checkpoint",
         required=True,

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -30,13 +31,7 @@ from heatmaps.recomputation import activation_checkpointing, default_checkpoint_
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import RunConfig
-from .data import (
-    MixedBatchSampler,
-    PixelLabelSubset,
-    build_dataset,
-    choose_pixel_labelled,
-    dataset_labels,
-)
+from .data import MixedBatchSampler, build_dataset, pixel_label_split
 from .distributed import (
     average_gradients,
     barrier,
@@ -44,6 +39,7 @@ from .distributed import (
     broadcast_parameters,
     setup_distributed,
 )
+from .interrupt import RunInterrupted, StopRequests
 from .reproducibility import (
     rng_state,
     seed_everything,
@@ -51,6 +47,7 @@ from .reproducibility import (
     shuffled_batches,
     use_deterministic_algorithms,
 )
+from .rundir import RunDirectory
 from .runlog import RunLog
 from .segmentation_metrics import SegmentationMetrics
 from .segmenters import Segmenter, build_segmenter, freeze_batchnorm
@@ -73,20 +70,32 @@ class Trainer:
             )
         if config.deterministic:
             use_deterministic_algorithms()
-        self._check_out_dir()
-        seed_everything(config.seed)
+        self.rundir = RunDirectory(self.out, config.resume, hold=self.dist.main)
+        try:
+            self._set_up()
+        except BaseException:
+            self.rundir.release(failed=True)
+            raise
+        self.stop = StopRequests()
 
+    def _set_up(self) -> None:
+        config = self.config
+        seed_everything(config.seed)
         self.train_set_full = build_dataset(config.data, "train", **config.data_options("train"))
         self.val_set = build_dataset(config.data, "val", **config.data_options("val"))
         self.num_classes = self.train_set_full.num_classes
         self.classes = list(self.train_set_full.classes)
-        labels = dataset_labels(self.train_set_full)
-        n_pixel = min(config.pixel_labels, len(self.train_set_full))
-        self.pixel_indices = choose_pixel_labelled(labels, n_pixel, config.seed)
-        self.train_set = PixelLabelSubset(self.train_set_full, self.pixel_indices)
-        labelled = set(self.pixel_indices)
-        self.unlabelled_indices = [i for i in range(len(self.train_set_full)) if i not in labelled]
-
+        self.train_set, self.pixel_indices = pixel_label_split(
+            self.train_set_full, config.pixel_labels, config.seed
+        )
+        self.unlabelled_indices = self.train_set.unlabelled_indices
+        per_batch = config.labelled_per_batch
+        if per_batch is not None and per_batch > config.batch_size and self.pixel_indices:
+            warnings.warn(
+                f"--labelled-per-batch {per_batch} is larger than --batch-size "
+                f"{config.batch_size}: every batch is all pixel-labelled images",
+                stacklevel=2,
+            )
         self.model: Segmenter = build_segmenter(config, self.num_classes).to(self.device)
         self.recomputed_modules = self._recomputed_modules()
         self.optimizer = self._optimizer()
@@ -119,19 +128,6 @@ class Trainer:
         if self.recomputed_modules is None:
             return contextlib.nullcontext()
         return activation_checkpointing(self.model.backbone, self.recomputed_modules)
-
-    def _check_out_dir(self) -> None:
-        checkpoint = self.out / "checkpoint.pt"
-        if self.config.resume:
-            if not checkpoint.is_file():
-                raise ValueError(f"--resume: no checkpoint at {checkpoint} to continue from")
-        elif checkpoint.exists():
-            raise ValueError(
-                f"--out {self.out} already holds a run (checkpoint.pt); pass --resume to "
-                "continue it or choose another --out (nothing was overwritten)"
-            )
-        if self.dist.main:
-            self.out.mkdir(parents=True, exist_ok=True)
 
     def _optimizer(self) -> torch.optim.Optimizer:
         groups = self.model.param_groups()
@@ -221,10 +217,18 @@ class Trainer:
         With ``--checkpoint-activations`` the backbone is checkpointed for the
         whole run and restored at its end, also after an exception.
         """
-        with self.activation_checkpointing():
+        with self.activation_checkpointing(), self.stop:
             for epoch in range(self.epoch, len(self.config.phases)):
                 self._run_epoch(epoch)
+                self._stop_if_requested()
         return self.history[-1] if self.history else {}
+
+    def _stop_if_requested(self, epoch: int | None = None, batch_in_epoch: int = 0) -> None:
+        """After Ctrl-C: checkpoint where the run stands (unless just saved), then stop."""
+        if self.stop.requested:
+            if epoch is not None:
+                self.save(epoch, batch_in_epoch)
+            raise RunInterrupted(self.global_step)
 
     def _run_epoch(self, epoch: int) -> None:
         c = self.config
@@ -257,6 +261,8 @@ class Trainer:
             self.log.step(values, self.global_step)
             if c.checkpoint_every and self.global_step % c.checkpoint_every == 0:
                 self.save(epoch, i + 1)
+            if i + 1 < len(batches):
+                self._stop_if_requested(epoch, i + 1)
         seen = max(sums.get("_steps", 0.0), 1.0)
         means = {key: value / seen for key, value in sums.items() if key != "_steps"}
         self._end_epoch(epoch, phase, means)
@@ -329,5 +335,8 @@ class Trainer:
         }
         save_checkpoint(self.out / "checkpoint.pt", state)
 
-    def close(self) -> None:
-        self.log.close()
+    def close(self, failed: bool = False) -> None:
+        """Close the logs and give up ``--out``'s lock (``failed``: see ``RunDirectory.release``)."""
+        if hasattr(self, "log"):
+            self.log.close()
+        self.rundir.release(failed)

@@ -43,7 +43,9 @@ def test_config_is_frozen():
 
 
 def test_round_trip_through_a_weights_only_checkpoint():
-    config = parse_config(["--objects", "2,4", "--lr", "3e-4", "--no-freeze-bn", "--seed", "7"])
+    config = parse_config(
+        ["--objects", "2,4", "--lr", "3e-4", "--method", "gradcam", "--no-freeze-bn", "--seed", "7"]
+    )
     buffer = io.BytesIO()
     torch.save({"config": config.to_dict()}, buffer)
     buffer.seek(0)

@@ -259,7 +259,7 @@ def test_explainer_stage_batchnorm_follows_freeze_bn(freeze_bn):
     torch.manual_seed(0)
     explainer = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.Conv2d(4, 3, 1))
     trainer = Trainer.__new__(Trainer)  # only the mode logic, no data or run directory
-    trainer.config = RunConfig(freeze_bn=freeze_bn)
+    trainer.config = RunConfig(model="explainer", freeze_bn=freeze_bn)
     trainer.model = ExplainerSegmenter(TinyClassifier(), explainer, 3).freeze_classifier()
     trainer.train_mode("finetune")
     assert not any(m.training for m in trainer.model.classifier.modules())

@@ -38,6 +38,7 @@ from .semisupervised import (
     PixelLabelSubset,
     choose_pixel_labelled,
     dataset_labels,
+    pixel_label_split,
 )
 from .voc import VOC_CLASSES, VOCSegmentationDataset
 
@@ -61,6 +62,7 @@ __all__ = [
     "choose_pixel_labelled",
     "dataset_class",
     "dataset_labels",
+    "pixel_label_split",
     "dataset_names",
     "find_fashion_mnist",
     "known_options",

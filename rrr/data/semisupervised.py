@@ -20,6 +20,7 @@ __all__ = [
     "PixelLabelSubset",
     "choose_pixel_labelled",
     "dataset_labels",
+    "pixel_label_split",
 ]
 
 
@@ -116,6 +117,32 @@ class PixelLabelSubset(Dataset):
     def all_labels(self) -> torch.Tensor:
         """Image labels ``(N, C)`` of the wrapped dataset (unchanged by the subset)."""
         return dataset_labels(self.dataset)
+
+
+def pixel_label_split(
+    dataset: Dataset, pixel_labels: int | str, seed: int
+) -> tuple[PixelLabelSubset, list[int]]:
+    """The training view where ``pixel_labels`` images keep their masks, and those indices.
+
+    ``pixel_labels`` is a number ``0 <= n <= len(dataset)`` or ``"all"``; the
+    images are chosen by :func:`choose_pixel_labelled` and returned in selection
+    order (which fixes the batch order of a seed).
+
+    Raises:
+        ValueError: more pixel-labelled images asked for than the data set has.
+    """
+    size = len(dataset)
+    if pixel_labels == "all":
+        n = size
+    else:
+        n = int(pixel_labels)
+        if n > size:
+            raise ValueError(
+                f"--pixel-labels {n} is more than the {size} training images; "
+                "use --pixel-labels all for every one"
+            )
+    chosen = choose_pixel_labelled(dataset_labels(dataset), n, seed)
+    return PixelLabelSubset(dataset, chosen), chosen
 
 
 class MixedBatchSampler(Sampler[list[int]]):
