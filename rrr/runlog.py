@@ -7,7 +7,6 @@ previous or the new version, never a truncated one.
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 from collections.abc import Sequence
@@ -60,21 +59,26 @@ class RunLog:
         config: dict[str, Any],
         global_step: int,
     ) -> None:
-        """Append ``record`` to log.csv, rewrite metrics.json, add validation scalars."""
+        """Rewrite log.csv and metrics.json from ``history`` (ending with ``record``); add
+        ``record``'s validation scalars to TensorBoard."""
         if self.writer is None:
             return
-        flat = {k: v for k, v in record.items() if not isinstance(v, dict)}
-        path = self.out / "log.csv"
-        rows = []
-        if path.exists():
-            with path.open() as handle:
-                rows = list(csv.DictReader(handle))
-        rows.append({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in flat.items()})
+        # log.csv is rewritten from the whole history (checkpointed with the model), so a run
+        # killed after writing it but before its checkpoint does not log that epoch twice
+        rows = [
+            {
+                k: (f"{v:.6g}" if isinstance(v, float) else v)
+                for k, v in r.items()
+                if not isinstance(v, dict)
+            }
+            for r in history
+        ]
         fields: list[str] = []
         for row in rows:
             fields += [k for k in row if k not in fields]
         lines = [",".join(fields)] + [",".join(str(row.get(f, "")) for f in fields) for row in rows]
-        atomic_write_text(path, "\n".join(lines) + "\n")
+        atomic_write_text(self.out / "log.csv", "\n".join(lines) + "\n")
+        flat = {k: v for k, v in record.items() if not isinstance(v, dict)}
         for key, value in flat.items():
             if isinstance(value, float) and key.startswith("val_") and math.isfinite(value):
                 self.writer.add_scalar(key.replace("val_", "val/"), value, global_step)
