@@ -206,8 +206,8 @@ def rrr_star_loss(
     Source: S. Rao, M. Böhle, A. Parchami-Araghi, B. Schiele, "Studying How to
     Efficiently and Effectively Guide Models with Explanations", ICCV 2023,
     Sec. 3.3 ("RRR*"), which generalises Ross et al.'s input-gradient RRR to any
-    attribution method. The restriction to positive attributions follows the
-    design brief (``positive_only=True``); the authors' released code squares
+    attribution method. By default only positive attributions are penalised
+    (``positive_only=True``: evidence *for* the class outside the mask); the authors' released code squares
     the signed normalised map ``A / max|A|``, which ``positive_only=False`` gives.
 
     Args:
