@@ -14,6 +14,14 @@ methods:
 forward pass of the classifier, resolves the targets against its logits, and
 guarantees the hygiene contract (same modes, same ``requires_grad`` flags, no
 hooks left, no ``.grad`` written, parameters never written in place).
+
+Bad input gives one clear error before the model runs wherever it can be
+known in advance (:func:`check_grad_mode`, :func:`check_input`,
+:func:`check_model_input`), and a heatmap is never quietly wrong: non-finite
+input is refused and non-finite maps raise (:func:`check_maps`). Every message
+is one line that starts with a stable phrase naming the problem (``input:``,
+``model:``, ``inference_mode:``, ``create_graph=True``, ``batch of one:``,
+``<Backend>: the maps are non-finite``), so callers and tests can match it.
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
+from types import TracebackType
 
 import torch
 from torch import Tensor, nn
@@ -47,8 +56,49 @@ class Explanation:
     active: Tensor
 
 
-def check_input(x: Tensor) -> Tensor:
-    """Validate an image batch: a floating tensor of shape ``(B, C, H, W)``."""
+def check_grad_mode(create_graph: bool) -> None:
+    """Refuse calling contexts in which a heatmap cannot be computed as asked.
+
+    * ``torch.inference_mode()``: every backend that backpropagates needs
+      autograd, which inference mode switches off for good (tensors made in it
+      cannot be recorded later, not even under ``torch.enable_grad()``);
+      ``torch.no_grad()`` is the context for maps that need no graph.
+    * ``create_graph=True`` under ``torch.no_grad()`` (grad mode disabled): the
+      caller asks for maps with a graph in a block where they asked for none.
+      Heatmaps enable grad internally for their own backward pass, so honouring
+      ``create_graph`` would silently override the caller's ``no_grad``; it is
+      refused instead. ``create_graph=False`` under ``no_grad`` works (the maps
+      are detached, as always without ``create_graph``).
+
+    Raises:
+        RuntimeError: one of the two contexts above.
+    """
+    if torch.is_inference_mode_enabled():
+        raise RuntimeError(
+            "inference_mode: heatmaps need autograd and cannot run under torch.inference_mode(); "
+            "call them under torch.no_grad() (maps without a graph) or with no context manager"
+        )
+    if create_graph and not torch.is_grad_enabled():
+        raise RuntimeError(
+            "create_graph=True asks for a graph but grad mode is disabled (torch.no_grad()); "
+            "call the heatmap outside torch.no_grad() (or under torch.enable_grad()), or pass "
+            "create_graph=False for maps without a graph"
+        )
+
+
+def check_input(x: Tensor, finite: bool = True) -> Tensor:
+    """Validate an image batch: a floating tensor of shape ``(B, C, H, W)``.
+
+    With ``finite=True`` the batch must also be free of NaN and Inf: one
+    non-finite pixel makes the map of its sample all NaN (or silently wrong:
+    gradients skip it), so it is refused. The check is one
+    ``torch.isfinite(x).all()`` reduction (a device synchronisation on GPU).
+
+    Raises:
+        TypeError: not a tensor, or not floating point.
+        ValueError: not 4-D, an empty batch, an inference tensor, or (with
+            ``finite``) NaN or Inf values.
+    """
     if not isinstance(x, Tensor):
         raise TypeError(f"input: expected a torch.Tensor, got {type(x).__name__}")
     if not x.dtype.is_floating_point:
@@ -63,7 +113,124 @@ def check_input(x: Tensor) -> Tensor:
         )
     if x.shape[0] == 0:
         raise ValueError("input: the batch is empty")
+    if x.is_inference():
+        raise ValueError(
+            "input: is an inference tensor (created under torch.inference_mode()) and autograd "
+            "cannot record it; create it under torch.no_grad() instead, or pass x.clone() made "
+            "outside inference_mode"
+        )
+    if finite and not x.is_meta and not bool(torch.isfinite(x).all()):
+        raise ValueError(
+            f"input: contains NaN or Inf values (first in sample {_first_non_finite(x)}); a "
+            "heatmap of non-finite input is meaningless, so clean the input first"
+        )
     return x
+
+
+def _first_non_finite(t: Tensor) -> int:
+    """Index of the first sample of ``t`` with a NaN or Inf (only called on the error path)."""
+    bad = (~torch.isfinite(t.detach())).flatten(1).any(dim=1)
+    return int(bad.nonzero()[0, 0])
+
+
+def check_model_input(model: nn.Module, x: Tensor) -> None:
+    """Refuse an input whose dtype or device differs from the model's parameters.
+
+    Checked only when every parameter of ``model`` has the same dtype (the
+    floating ones) or the same device, so mixed-precision and model-parallel
+    models are left to themselves; the dtype check is skipped under
+    ``torch.autocast``, which casts layer inputs itself. Without this
+    check a mismatch surfaces as a low-level error from deep inside the first
+    layer.
+
+    Raises:
+        ValueError: the input's dtype or device differs from the model's.
+    """
+    params = list(model.parameters())
+    devices = {p.device for p in params}
+    if len(devices) == 1:
+        (device,) = devices
+        if device != x.device:
+            raise ValueError(
+                f"input: on device {x.device} but the model's parameters are on {device}; "
+                f"move one of them, e.g. x.to({str(device)!r}) or model.to({str(x.device)!r})"
+            )
+    dtypes = {p.dtype for p in params if p.is_floating_point()}
+    if len(dtypes) == 1 and not _autocast_enabled(x.device.type):
+        (dtype,) = dtypes
+        if dtype != x.dtype:
+            raise ValueError(
+                f"input: dtype {x.dtype} differs from the model's parameters ({dtype}); convert "
+                f"one of them, e.g. x.to({dtype}) or model.to({x.dtype})"
+            )
+
+
+def _autocast_enabled(device_type: str) -> bool:
+    """Whether ``torch.autocast`` is on for ``device_type`` (``False`` where it has none)."""
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except RuntimeError:  # a device type without autocast (meta, ...)
+        return False
+
+
+def check_maps(maps: Tensor, backend: str) -> None:
+    """Refuse non-finite maps computed from finite input.
+
+    Called after the maps are computed (one ``torch.isfinite(maps).all()``
+    reduction); it reads the maps only, so maps made with ``create_graph=True``
+    keep their graph.
+
+    Raises:
+        FloatingPointError: the maps contain NaN or Inf.
+    """
+    if not maps.is_meta and not bool(torch.isfinite(maps.detach()).all()):
+        raise FloatingPointError(
+            f"{backend}: the maps are non-finite (NaN or Inf, first in sample "
+            f"{_first_non_finite(maps)}) although the input is finite; the model computes "
+            "non-finite values (check its parameters and logits for NaN/Inf or overflow)"
+        )
+
+
+#: the message with which torch refuses a train-mode BatchNorm that sees one value per channel
+_ONE_VALUE_PER_CHANNEL = "Expected more than 1 value per channel when training"
+
+
+def _batchnorm_in(traceback: TracebackType | None) -> nn.Module | None:
+    """The BatchNorm module whose ``forward`` is among the frames of ``traceback``, if any."""
+    found = None
+    while traceback is not None:
+        module = traceback.tb_frame.f_locals.get("self")
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            found = module
+        traceback = traceback.tb_next
+    return found
+
+
+def run_classifier(model: nn.Module, x: Tensor) -> object:
+    """``model(x)``, with torch's refusal of a batch of one in train-mode BatchNorm made clear.
+
+    Whether a train-mode BatchNorm can normalise a batch of one depends on the
+    size of its input (it needs more than one value per channel: a ``(1, C)``
+    vector cannot, a ``(1, C, 4, 4)`` map can), which is only known when the
+    layer runs; so this error is translated rather than predicted.
+
+    Raises:
+        ValueError: a batch of one reached a BatchNorm layer in training mode
+            that sees one value per channel.
+    """
+    try:
+        return model(x)
+    except ValueError as error:
+        if not str(error).startswith(_ONE_VALUE_PER_CHANNEL):
+            raise
+        layer = _batchnorm_in(error.__traceback__)
+        names = {module: name for name, module in model.named_modules()}
+        where = f" {names[layer]!r}" if layer in names else ""
+        raise ValueError(
+            f"batch of one: BatchNorm layer{where} is in training mode and sees one value per "
+            "channel, from which it cannot compute batch statistics; call model.eval() (or "
+            "freeze BatchNorm, e.g. rrr.segmenters.freeze_batchnorm) or pass a larger batch"
+        ) from None
 
 
 def check_logits(logits: object, batch: int) -> Tensor:
@@ -161,6 +328,17 @@ def preserved_state(model: nn.Module) -> Iterator[None]:
                 param.requires_grad_(flag)
 
 
+#: the ways :func:`reduce_channels` turns an input attribution into a map
+CHANNEL_REDUCTIONS = ("sum", "abs_sum", "max_abs")
+
+
+def check_channel_reduction(how: str) -> str:
+    """Validate a ``channel_reduction`` option when a backend is built, before any call."""
+    if how not in CHANNEL_REDUCTIONS:
+        raise ValueError(f"channel_reduction: expected 'sum', 'abs_sum' or 'max_abs', got {how!r}")
+    return how
+
+
 def reduce_channels(relevance: Tensor, how: str) -> Tensor:
     """Reduce an input-space attribution ``(N, C, H, W)`` to a map ``(N, H, W)``."""
     if how == "sum":
@@ -179,6 +357,12 @@ class Heatmap(nn.Module):
     ``hm.explain(...)`` also returns the logits of the same forward pass.
     With ``create_graph=True`` the maps are differentiable w.r.t. the model's
     parameters (and the input), so a loss on them trains the model.
+
+    Every call validates before the model runs: the calling context
+    (:func:`check_grad_mode`), the input (:func:`check_input`, finiteness
+    included) and its agreement with the model (:func:`check_model_input`);
+    after computing, non-finite maps raise (:func:`check_maps`). Set
+    :attr:`check_finite` to ``False`` to skip the two finiteness checks.
     """
 
     #: name under which the backend is registered: a subclass that sets it in its own
@@ -188,6 +372,11 @@ class Heatmap(nn.Module):
     #: grad for the call); layer-based backends set this to ``False`` and save the input
     #: gradient of the first layer
     needs_input_grad: bool = True
+    #: refuse non-finite input (``ValueError``) and non-finite maps (``FloatingPointError``);
+    #: each check is one reduction over the tensor. Set to ``False`` on a class or an
+    #: instance (``hm.check_finite = False``) to accept non-finite input and return
+    #: whatever maps it gives.
+    check_finite: bool = True
 
     def __init_subclass__(cls, register: bool = True, **kwargs: object) -> None:
         """Register a subclass whose class body sets ``name`` (``register=False`` opts out)."""
@@ -211,8 +400,23 @@ class Heatmap(nn.Module):
     def explain(
         self, x: Tensor, targets: TargetsLike = None, *, create_graph: bool = False
     ) -> Explanation:
-        """One forward pass: logits, maps and the resolved ``(B, K)`` targets."""
-        x = check_input(x)
+        """One forward pass: logits, maps and the resolved ``(B, K)`` targets.
+
+        Raises:
+            RuntimeError: called under ``torch.inference_mode()``, or with
+                ``create_graph=True`` under ``torch.no_grad()``.
+            TypeError: the input is not a floating-point tensor; a target of
+                the wrong type; the model does not return a tensor.
+            ValueError: malformed input (rank, empty, NaN/Inf, dtype or device
+                other than the model's), malformed targets, a model that is
+                not a classifier, a batch of one in train-mode BatchNorm, or a
+                backend's own refusal (e.g. LRP on train-mode BatchNorm).
+            FloatingPointError: the maps are non-finite although the input is
+                finite.
+        """
+        check_grad_mode(create_graph)
+        x = check_input(x, finite=self.check_finite)
+        check_model_input(self.model, x)
         with preserved_state(self.model), self._attached(x):
             frozen = not any(p.requires_grad for p in self.model.parameters())
             if x.requires_grad or not (self.needs_input_grad or frozen):
@@ -220,9 +424,11 @@ class Heatmap(nn.Module):
             else:
                 x_in = x.detach().requires_grad_(True)
             with torch.enable_grad():
-                logits = check_logits(self.model(x_in), x.shape[0])
+                logits = check_logits(run_classifier(self.model, x_in), x.shape[0])
                 resolved = resolve_targets(targets, logits)
                 maps = self._maps_for(x_in, logits, resolved, create_graph)
+        if self.check_finite:
+            check_maps(maps, type(self).__name__)
         if not create_graph:
             maps = maps.detach()
             logits = logits if x.requires_grad else logits.detach()

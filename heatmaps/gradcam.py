@@ -33,6 +33,32 @@ from .base import Heatmap
 _EXCLUDED = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Flatten, nn.Dropout)
 
 
+#: the modes that take ``align_corners`` (the others refuse it)
+_INTERPOLATING = ("linear", "bilinear", "bicubic", "trilinear")
+
+
+def _resize(maps: Tensor, size: tuple[int, ...], mode: str) -> Tensor:
+    """Resize ``(B, K, h, w)`` maps to ``size``; ``align_corners=False`` where the mode takes it."""
+    align = False if mode in _INTERPOLATING else None
+    return F.interpolate(maps, size=size, mode=mode, align_corners=align)
+
+
+def _check_mode(mode: str) -> str:
+    """Validate an interpolation mode when the backend is built, not after the first backward.
+
+    Tried on a tiny map, so every mode the installed torch resizes 4-D maps
+    with is accepted.
+    """
+    try:
+        _resize(torch.zeros(1, 1, 2, 2), (3, 3), mode)
+    except (NotImplementedError, ValueError, RuntimeError, TypeError):
+        raise ValueError(
+            f"mode: {mode!r} is not an F.interpolate mode for (B, K, h, w) maps "
+            "(e.g. 'bilinear', 'bicubic', 'nearest', 'area')"
+        ) from None
+    return mode
+
+
 def find_target_layer(model: nn.Module, x: Tensor) -> tuple[str, nn.Module]:
     """The last module producing a 4-D feature map, found on one forward pass.
 
@@ -79,7 +105,8 @@ class GradCAMHeatmap(Heatmap):
             ``relu_attributions``).
         closed_form: ``"auto"`` uses the one-einsum path whenever the head is
             verified to be average pooling + linear; ``False`` always uses captum.
-        mode: interpolation to the input size (``"bilinear"`` as in the paper).
+        mode: interpolation to the input size (``"bilinear"`` as in the paper);
+            any ``F.interpolate`` mode for 4-D maps, checked when the backend is built.
     """
 
     name = "gradcam"
@@ -103,6 +130,7 @@ class GradCAMHeatmap(Heatmap):
             raise TypeError(f"layer: expected a module or its name, got {type(layer).__name__}")
         if closed_form not in ("auto", False):
             raise ValueError(f"closed_form: expected 'auto' or False, got {closed_form!r}")
+        _check_mode(mode)
         self._layer = layer
         self.relu = relu
         self.closed_form = closed_form
@@ -176,7 +204,7 @@ class GradCAMHeatmap(Heatmap):
             cams = self._captum_cams(x, index, create_graph)
         if self.relu:
             cams = F.relu(cams)
-        return F.interpolate(cams, size=x.shape[-2:], mode=self.mode, align_corners=False)
+        return _resize(cams, x.shape[-2:], self.mode)
 
     def _captum_cams(self, x: Tensor, index: Tensor, create_graph: bool) -> Tensor:
         method = LayerGradCam(self.model, self._layer)

@@ -31,7 +31,7 @@ from captum._utils.common import _run_forward
 from captum.attr import InputXGradient, IntegratedGradients, Saliency
 from torch import Tensor, nn
 
-from .base import Heatmap, reduce_channels
+from .base import Heatmap, check_channel_reduction, reduce_channels
 
 
 def _gradients(
@@ -55,7 +55,7 @@ class _CaptumGradientHeatmap(Heatmap):
 
     def __init__(self, model: nn.Module, channel_reduction: str = "sum") -> None:
         super().__init__(model)
-        self.channel_reduction = channel_reduction
+        self.channel_reduction = check_channel_reduction(channel_reduction)
         self._cached: tuple[Tensor, Tensor] | None = None
 
     @contextlib.contextmanager
@@ -187,6 +187,8 @@ class SmoothGradHeatmap(_CaptumGradientHeatmap):
         super().__init__(model, channel_reduction)
         if samples < 1:
             raise ValueError(f"samples: expected >= 1, got {samples}")
+        if not stdev >= 0:
+            raise ValueError(f"stdev: expected a standard deviation >= 0, got {stdev}")
         self.samples = samples
         self.stdev = stdev
         self.abs = abs

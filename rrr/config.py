@@ -248,6 +248,13 @@ class RunConfig:
         choices=("predicted", "none"),
         section="model",
     )
+    presence: str = option(
+        "finetuned",
+        "which classifier decides class presence at inference: the one the heatmap stage "
+        "trains, or a frozen copy of the pre-trained one (one more forward pass)",
+        choices=("finetuned", "pretrained"),
+        section="model",
+    )
     threshold: float = option(
         0.0,
         "class-logit threshold of --gating predicted",

@@ -237,6 +237,7 @@ class Trainer:
             self._end_epoch(epoch, phase, {}, skipped=True)
             return
         self._set_lr(phase)
+        self.model.start_phase(phase)
         batches = self.batches(epoch)
         start = self.batch_in_epoch if epoch == self.epoch else 0
         if start == 0:

@@ -1,4 +1,8 @@
-"""Every targets form gives the documented shape; bad input is named in the error."""
+"""Every targets form gives the documented shape; bad input is named in the error.
+
+tests/test_bad_inputs_library.py lists every bad library input (these target
+cases included) with the one-line message it must give, over every backend.
+"""
 
 from __future__ import annotations
 

@@ -110,9 +110,52 @@ def api_page(text: str, package: str, path: Path) -> str:
     return _replace_block(text, "modules", body, path)
 
 
+def _test_module(name: str):
+    tests = str(ROOT / "tests")
+    sys.path.insert(0, tests)
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(tests)
+
+
+def reliability(text: str, path: Path) -> str:
+    """The tables of docs/reliability.md from the ``CASES`` of the bad-input tests."""
+    library = _test_module("test_bad_inputs_library").CASES
+    cli = _test_module("test_bad_inputs").CASES
+    rows = ["| case | what the user does | what happens | backends |", "|---|---|---|---|"]
+    for case in library:
+        where = "all" if case.backends is None else ", ".join(case.backends)
+        fixed = " (fixed)" if case.fixed else ""
+        rows.append(
+            f"| `{case.id}`{fixed} | {case.how} | `{case.error.__name__}`: "
+            f"`{case.match.lstrip('^')}` | {where} |"
+        )
+    library_table = "\n".join(rows)
+    rows = ["| case | what the user does | what happens |", "|---|---|---|"]
+    for case in cli:
+        fixed = " (fixed)" if case.fixed else ""
+        if case.behaves == "error":
+            happens = f"exit {case.code}, one line: `{case.expect.replace('|', '/')}`"
+        elif case.behaves == "warning":
+            happens = f"one warning line `{case.expect}`, the run goes on (exit {case.code})"
+        else:
+            happens = f"{case.behaves}; the run goes on (exit {case.code})"
+        rows.append(f"| `{case.id}`{fixed} | `rrr.{case.command}`: {case.trigger} | {happens} |")
+    cli_table = "\n".join(rows)
+    counts = (
+        f"{len(library)} library cases and {len(cli)} command-line cases; "
+        f"{sum(c.fixed for c in [*library, *cli])} of them were wrong or gave a raw "
+        "traceback before and are marked (fixed)."
+    )
+    body = f"{counts}\n\n## Library\n\n{library_table}\n\n## Command line\n\n{cli_table}"
+    return _replace_block(text, "reliability", body, path)
+
+
 def targets() -> dict[Path, object]:
     docs = ROOT / "docs"
     return {
+        docs / "reliability.md": reliability,
         docs / "cli.md": cli_reference,
         docs / "api" / "heatmaps.md": lambda text, path: api_page(text, "heatmaps", path),
         docs / "api" / "rrr.md": lambda text, path: api_page(text, "rrr", path),

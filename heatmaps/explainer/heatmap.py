@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor, nn
 
-from ..base import Heatmap, check_input, preserved_state
+from ..base import Heatmap, check_input, check_model_input, preserved_state
 
 __all__ = ["ExplainerHeatmap"]
 
@@ -66,7 +66,8 @@ class ExplainerHeatmap(Heatmap):
         enabled; BatchNorm statistics are not updated (use the Explainer itself
         for training forward passes).
         """
-        x = check_input(x)
+        x = check_input(x, finite=self.check_finite)
+        check_model_input(self.explainer, x)
         with preserved_state(self.explainer):
             return self._all_masks(x)
 
@@ -86,6 +87,7 @@ class ExplainerHeatmap(Heatmap):
 
     @contextlib.contextmanager
     def _attached(self, x: Tensor) -> Iterator[None]:
+        check_model_input(self.explainer, x)
         with preserved_state(self.explainer):
             yield
 

@@ -13,6 +13,8 @@ The package is split like zennit itself:
 * :mod:`.division`, :mod:`.conv_relevance` - the stabilised division and a
   convolution's input gradient, with cheap derivatives;
 * :mod:`.saved_weights` - computed weights saved as recipes, not kept;
+* :mod:`.coverage` - which layers the rules cover, and the refusal of
+  train-mode BatchNorm;
 * :mod:`.heatmap` - :class:`LRPHeatmap`, the backend.
 """
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -12,7 +13,13 @@ from zennit.canonizers import Canonizer
 from zennit.core import Composite
 from zennit.layer import Sum
 
-from ..base import Heatmap, batched_input_grad, one_hot_grad_outputs, reduce_channels
+from ..base import (
+    Heatmap,
+    batched_input_grad,
+    check_channel_reduction,
+    one_hot_grad_outputs,
+    reduce_channels,
+)
 from ..recomputation import is_checkpointed
 from .basic_rules import uses_output
 from .canonizers import (
@@ -23,6 +30,13 @@ from .canonizers import (
 )
 from .composites import make_composite
 from .conv_relevance import ConvGeometry
+from .coverage import (
+    UncoveredLayer,
+    check_batchnorm_frozen,
+    uncovered_message,
+    uncovered_warning,
+    unsupported_layers,
+)
 from .division import StabilisedInverse, plain_epsilon
 from .gates import (
     EpsilonConvGate,
@@ -75,7 +89,33 @@ class LRPHeatmap(Heatmap):
             the last layer divides by ``y_c``, so maps and their parameter
             gradients blow up wherever a logit crosses zero. The logit is kept
             in the graph, so the maps stay exactly differentiable.
+        unsupported: what to do about layers LRP does not cover (below):
+            ``"error"`` (default) raises a ``ValueError`` naming the first one
+            when the heatmap is built (and at a call, if the model changed
+            since); ``"warn"`` issues one ``UserWarning`` listing them all and
+            lets relevance cross them as a plain gradient.
         **composite_kwargs: passed to the named composite (e.g. ``epsilon=1e-8``).
+
+    What LRP covers: every layer must be mapped to a rule by the composite
+    (after the canonizers), or be a parameter-free layer whose gradient already
+    is its relevance (identity, reshapes, max-pooling, dropout, ReLU: see
+    :data:`heatmaps.lrp.coverage.PASS_THROUGH`). A layer with parameters of its
+    own and no rule (LayerNorm, a learned scale, ConvNeXt's layer scale) or a
+    parameter-free leaf that is not known to pass relevance (an unmapped
+    non-linearity, InstanceNorm, upsampling) would give maps that are not LRP,
+    so it is refused (``unsupported``). torchvision's ResNet, ResNeXt,
+    Wide-ResNet, VGG and AlexNet families are covered. Not detected: operations
+    a module's ``forward`` performs functionally (``x + y``, ``torch.cat``,
+    ``F.relu``, products), which no hook sees and which pass relevance as their
+    gradient; the canonizers make torchvision ResNet's residual addition a
+    module, but DenseNet's concatenations, MobileNet's residual additions or a
+    squeeze-excitation product cross as gradients.
+
+    BatchNorm: the canonizers merge BatchNorm with its running statistics, so a
+    call on a model with a BatchNorm layer in training mode raises a
+    ``ValueError`` naming it (its maps and logits would be those of the
+    eval-mode model); freeze BatchNorm first (``model.eval()`` or
+    ``rrr.segmenters.freeze_batchnorm``).
 
     Defaults: ``composite="epsilon_plus_flat"`` and ``relevance="one_hot"`` are
     the explanation-quality choice of the LRP literature (flat rule on the
@@ -104,11 +144,15 @@ class LRPHeatmap(Heatmap):
         channel_reduction: str = "sum",
         batched: bool | None = None,
         relevance: str = "one_hot",
+        unsupported: str = "error",
         **composite_kwargs: Any,
     ) -> None:
         super().__init__(model)
         if relevance not in ("one_hot", "logit"):
             raise ValueError(f"relevance: expected 'one_hot' or 'logit', got {relevance!r}")
+        if unsupported not in ("error", "warn"):
+            raise ValueError(f"unsupported: expected 'error' or 'warn', got {unsupported!r}")
+        self.unsupported = unsupported
         self.relevance = relevance
         self.composite = make_composite(composite, **composite_kwargs)
         self.composite_name = composite if isinstance(composite, str) else type(composite).__name__
@@ -121,12 +165,47 @@ class LRPHeatmap(Heatmap):
                 self._canonizers = auto_canonizers(model)
         else:
             self._canonizers = translate_canonizers(list(canonizers))
-        self.channel_reduction = channel_reduction
+        self.channel_reduction = check_channel_reduction(channel_reduction)
         self.batched = batched
         self._state: GateState | None = None
+        # the uncovered layers last warned about (unsupported="warn"), to warn once per change
+        self._warned: list[UncoveredLayer] | None = None
+        with self._canonized():
+            self._check_coverage(self._rules())
 
     def extra_repr(self) -> str:
         return f"composite={self.composite_name!r}, canonizers={[type(c).__name__ for c in self._canonizers]}"
+
+    @contextlib.contextmanager
+    def _canonized(self) -> Iterator[list[Canonizer]]:
+        """Apply the canonizers to the model; remove them on exit, also after an exception."""
+        applied: list[Canonizer] = []
+        try:
+            for canonizer in self._canonizers:
+                applied += canonizer.apply(self.model)
+            yield applied
+        finally:
+            for canonizer in reversed(applied):
+                canonizer.remove()
+
+    def _rules(self) -> list[tuple[str, nn.Module, object | None]]:
+        """``(name, module, rule)`` of every module of the (canonized) model, in module order."""
+        ctx: dict = {}
+        return [
+            (name, module, self.composite.module_map(ctx, name, module))
+            for name, module in self.model.named_modules()
+        ]
+
+    def _check_coverage(self, rules: list[tuple[str, nn.Module, object | None]]) -> None:
+        """Raise or warn (``unsupported``) about layers LRP does not cover."""
+        uncovered = unsupported_layers(rules)
+        if not uncovered:
+            return
+        if self.unsupported == "error":
+            raise ValueError(uncovered_message(uncovered, self.composite_name))
+        if uncovered != self._warned:
+            self._warned = uncovered
+            warnings.warn(uncovered_warning(uncovered, self.composite_name), stacklevel=3)
 
     @contextlib.contextmanager
     def _attached(self, x: Tensor) -> Iterator[None]:
@@ -136,33 +215,30 @@ class LRPHeatmap(Heatmap):
                 "its rules only for the duration of a call, so the recomputation in the final "
                 "backward pass would run without them (use checkpointing with Grad-CAM, or none)"
             )
+        check_batchnorm_frozen(self.model)
         recipes = WeightRecipes()
         state = GateState(recipes=recipes)
         handles: list[Any] = []
-        applied: list[Canonizer] = []
-        try:
-            for canonizer in self._canonizers:
-                applied += canonizer.apply(self.model)
-            ctx: dict = {}
-            for name, module in self.model.named_modules():
-                rule = self.composite.module_map(ctx, name, module)
-                if rule is None:
-                    continue
-                handles += _register_rule(module, rule, state)
-                state.vectorise |= rule_kind(rule) == "basic"
-            self._state = state
-            for canonizer in applied:
-                for merged, compute in getattr(canonizer, "merged_weights", ()):
-                    recipes.remember(merged, compute)
-            with recipes.saving():
-                yield
-        finally:
-            state.active = False
-            self._state = None
-            for handle in handles:
-                handle.remove()
-            for canonizer in reversed(applied):
-                canonizer.remove()
+        with self._canonized() as applied:
+            try:
+                rules = self._rules()
+                self._check_coverage(rules)
+                for _, module, rule in rules:
+                    if rule is None:
+                        continue
+                    handles += _register_rule(module, rule, state)
+                    state.vectorise |= rule_kind(rule) == "basic"
+                self._state = state
+                for canonizer in applied:
+                    for merged, compute in getattr(canonizer, "merged_weights", ()):
+                        recipes.remember(merged, compute)
+                with recipes.saving():
+                    yield
+            finally:
+                state.active = False
+                self._state = None
+                for handle in handles:
+                    handle.remove()
 
     def _attribute(self, x: Tensor, logits: Tensor, index: Tensor, create_graph: bool) -> Tensor:
         state = self._state

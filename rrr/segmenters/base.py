@@ -174,6 +174,9 @@ class Segmenter(nn.Module):
         """Named parameter groups for the optimizer; by default one group ``"model"``."""
         return [{"params": list(self.parameters()), "name": "model"}]
 
+    def start_phase(self, phase: str) -> None:
+        """Called by the training loop before each epoch of ``phase`` (default: nothing)."""
+
     def prepare_phase(self, phase: str) -> None:
         """Called when a stage starts (e.g. the Explainer freezes its classifier)."""
 

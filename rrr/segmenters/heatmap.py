@@ -27,6 +27,7 @@ classes (``gating="predicted"``: logit > ``threshold``), or nothing does
 
 from __future__ import annotations
 
+import copy
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -60,6 +61,11 @@ class HeatmapSegmenter(Segmenter):
         gating: inference gating, ``"predicted"`` or ``"none"``.
         threshold: class-logit threshold of ``"predicted"`` gating.
         init_scale: initial value of the learned map scale ``s``.
+        presence: which classifier gates the classes at inference: ``"finetuned"``
+            (the classifier the heatmap stage trains) or ``"pretrained"`` (a frozen
+            copy taken when the heatmap stage starts, so the heatmap loss cannot
+            degrade the image-level decision; costs one more forward pass at
+            inference, and its logits are the ``logits`` of inference calls).
         loss: the segmentation loss of the heatmap stage (a name of
             :data:`rrr.losses.LOSSES`).
         cls_weight: weight of the classification term in the heatmap stage.
@@ -82,8 +88,11 @@ class HeatmapSegmenter(Segmenter):
         loss: str = "ce",
         cls_weight: float = 1.0,
         seg_weight: float = 1.0,
+        presence: str = "finetuned",
     ) -> None:
         super().__init__()
+        if presence not in ("finetuned", "pretrained"):
+            raise ValueError(f"presence: expected 'finetuned' or 'pretrained', got {presence!r}")
         if background not in ("constant", "neuron"):
             raise ValueError(f"background: expected 'constant' or 'neuron', got {background!r}")
         if normalise not in ("std", "max", "none"):
@@ -109,6 +118,12 @@ class HeatmapSegmenter(Segmenter):
         self.seg_weight = seg_weight
         self.scale = nn.Parameter(torch.tensor(float(init_scale)))
         self.background_logit = nn.Parameter(torch.tensor(0.0))
+        self.presence = presence
+        self.presence_classifier: nn.Module | None = None
+        if presence == "pretrained":
+            self.presence_classifier = copy.deepcopy(classifier).requires_grad_(False).eval()
+            # whether the copy has been taken (saved with the weights, so a resumed run keeps it)
+            self.register_buffer("presence_frozen", torch.tensor(False))
 
     @classmethod
     def from_config(cls, config: RunConfig, num_classes: int) -> HeatmapSegmenter:
@@ -138,7 +153,30 @@ class HeatmapSegmenter(Segmenter):
             loss=config.loss,
             cls_weight=config.cls_weight,
             seg_weight=config.seg_weight,
+            presence=config.presence,
         )
+
+    def start_phase(self, phase: str) -> None:
+        """With ``presence="pretrained"``: copy the classifier when the heatmap stage starts."""
+        if phase == "finetune" and self.presence_classifier is not None:
+            if not bool(self.presence_frozen):
+                self.presence_classifier.load_state_dict(self.classifier.state_dict())
+                self.presence_frozen.fill_(True)
+
+    def train(self, mode: bool = True) -> HeatmapSegmenter:
+        """As :meth:`torch.nn.Module.train`; the frozen presence classifier stays in ``eval()``."""
+        super().train(mode)
+        if self.presence_classifier is not None:
+            self.presence_classifier.eval()
+        return self
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        """``"model"``: the classifier; ``"scalars"``: the map scale and background logit."""
+        scalars = [self.scale, self.background_logit]
+        return [
+            {"params": list(self.classifier.parameters()), "name": "model"},
+            {"params": scalars, "name": "scalars"},
+        ]
 
     # -- the pieces ---------------------------------------------------------------------------
     def _smooth(self, maps: Tensor) -> Tensor:
@@ -203,12 +241,16 @@ class HeatmapSegmenter(Segmenter):
             background = self.scale * self._normalise(self._smooth(background))
         else:
             background = self.background_logit.expand(batch, 1, *x.shape[-2:])
-        gate = self.gate(out.logits, present)
+        logits = out.logits
+        if present is None and self.presence_classifier is not None:
+            with torch.no_grad():
+                logits = self.presence_classifier(x)
+        gate = self.gate(logits, present)
         class_maps = torch.where(
             gate[:, :, None, None], class_maps, torch.full_like(class_maps, NEG)
         )
         seg_logits = torch.cat([background.to(class_maps.dtype), class_maps], dim=1)
-        return SegmenterOutput(seg_logits, out.logits, maps)
+        return SegmenterOutput(seg_logits, logits, maps)
 
     # -- training -----------------------------------------------------------------------------
     def training_loss(
@@ -221,13 +263,6 @@ class HeatmapSegmenter(Segmenter):
         present = batch["labels"] > 0.5
         out = self(batch["image"], present & batch["has_mask"][:, None])
         return supervised_loss(self, out, batch, with_classification=True)
-
-    def param_groups(self) -> list[dict[str, Any]]:
-        """``"model"``: the classifier; ``"scalars"``: the map scale and background logit."""
-        scalars = [self.scale, self.background_logit]
-        ids = {id(p) for p in scalars}
-        weights = [p for p in self.parameters() if id(p) not in ids]
-        return [{"params": weights, "name": "model"}, {"params": scalars, "name": "scalars"}]
 
     @property
     def backbone(self) -> nn.Module:
