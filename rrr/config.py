@@ -422,6 +422,18 @@ class RunConfig:
                 "run without them; use --method gradcam, or drop --checkpoint-activations"
             )
 
+    #: options that must equal the interrupted run's for ``--resume``
+    RESUME_MUST_MATCH = ("arch", "model", "method", "explainer", "data", "image_size", "pixel_labels", "seed")  # fmt: skip
+
+    def check_resumes(self, saved: RunConfig) -> None:
+        """Raise :class:`ConfigError` naming an option that differs from the run being resumed."""
+        for key in self.RESUME_MUST_MATCH:
+            if getattr(saved, key) != getattr(self, key):
+                raise ConfigError(
+                    f"--resume: --{key.replace('_', '-')} {getattr(self, key)} differs "
+                    f"from the run in {self.out} ({getattr(saved, key)})"
+                )
+
     # -- plain data ---------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         """Plain data (str, int, float, bool, None, lists) for checkpoints and metrics.json."""

@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from heatmaps.recomputation import activation_checkpointing, default_checkpoint_modules
 
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .config import RunConfig
 from .data import MixedBatchSampler, build_dataset, pixel_label_split
 from .distributed import (
@@ -51,9 +51,6 @@ from .rundir import RunDirectory
 from .runlog import RunLog
 from .segmentation_metrics import SegmentationMetrics
 from .segmenters import Segmenter, build_segmenter, freeze_batchnorm
-
-#: options that must equal the interrupted run's for ``--resume``
-RESUME_MUST_MATCH = ("arch", "model", "method", "explainer", "data", "image_size", "pixel_labels", "seed")  # fmt: skip
 
 
 class Trainer:
@@ -138,15 +135,15 @@ class Trainer:
 
     def _resume(self) -> None:
         state = load_checkpoint(self.out / "checkpoint.pt", map_location=self.device)
-        saved = RunConfig.from_dict(state["config"])
-        for key in RESUME_MUST_MATCH:
-            if getattr(saved, key) != getattr(self.config, key):
-                raise ValueError(
-                    f"--resume: --{key.replace('_', '-')} {getattr(self.config, key)} differs "
-                    f"from the run in {self.out} ({getattr(saved, key)})"
-                )
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        self.config.check_resumes(RunConfig.from_dict(state["config"]))
+        try:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as error:
+            raise CheckpointError(
+                f"--resume: the checkpoint in {self.out} does not fit this configuration "
+                f"({str(error).splitlines()[0][:200]})"
+            ) from None
         self.epoch, self.batch_in_epoch = state["epoch"], state["batch_in_epoch"]
         self.global_step = state["global_step"]
         self.history = json.loads(state.get("history", "[]"))

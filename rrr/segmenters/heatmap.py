@@ -163,6 +163,17 @@ class HeatmapSegmenter(Segmenter):
                 self.presence_classifier.load_state_dict(self.classifier.state_dict())
                 self.presence_frozen.fill_(True)
 
+    def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
+        """Also loads a checkpoint without a presence copy (e.g. one written by the
+        pre-training stage, or with ``--presence finetuned``): the copy is then taken
+        when the heatmap stage starts."""
+        if self.presence_classifier is not None and "presence_frozen" not in state_dict:
+            state_dict = dict(state_dict)
+            for key, value in self.presence_classifier.state_dict().items():
+                state_dict.setdefault(f"presence_classifier.{key}", value)
+            state_dict["presence_frozen"] = torch.tensor(False)
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
     def train(self, mode: bool = True) -> HeatmapSegmenter:
         """As :meth:`torch.nn.Module.train`; the frozen presence classifier stays in ``eval()``."""
         super().train(mode)
