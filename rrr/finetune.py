@@ -21,13 +21,24 @@ from collections.abc import Sequence
 from .config import finetune_parser
 
 
-def _one_line_warning(message, category, filename, lineno, line=None) -> str:  # noqa: ANN001
-    return f"rrr.finetune: warning: {message}\n"
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+    print(f"rrr.finetune: warning: {message}", file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = finetune_parser().parse_args(argv)
+    with warnings.catch_warnings():
+        # warnings of the run (e.g. a clamped option) as one line each, like the errors
+        warnings.simplefilter("default")
+        # torchmetrics' note that a class is absent from the validation images (its AP
+        # is then undefined and left out): expected on small validation sets, not news
+        warnings.filterwarnings("ignore", message="No positive samples found in target")
+        warnings.showwarning = _one_line_warning
+        return _run(argv, args)
+
+
+def _run(argv: list[str], args) -> int:  # noqa: ANN001
     # imported late so that --help answers instantly
     from .checkpoint import CheckpointError
     from .config import RunConfig
@@ -35,7 +46,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .interrupt import RunInterrupted
     from .trainer import Trainer
 
-    formatwarning, warnings.formatwarning = warnings.formatwarning, _one_line_warning
     trainer = None
     failed = True
     try:
@@ -72,7 +82,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 2
     finally:
-        warnings.formatwarning = formatwarning
         if trainer is not None:
             trainer.close(failed)
     if trainer.dist.main:

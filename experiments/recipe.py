@@ -1,0 +1,164 @@
+"""Recipe sweep for the heatmap stage (the "main job must beat its baseline" issue).
+
+One pre-trained checkpoint per seed (the demo's classification stage, no pixel
+labels involved) is shared by every heatmap variant of that seed; each variant
+continues a copy of it with ``--resume`` and its own heatmap-stage options.
+Baselines (U-Net, multi-task U-Net) train from scratch with the same command.
+Every finished run appends one JSON line to ``results/recipe.jsonl`` at once
+and is skipped when the sweep runs again, so a stopped sweep resumes.
+
+    python experiments/recipe.py --seeds 0 --variants base cls5         # choose on validation
+    python experiments/recipe.py --seeds 0 1 2 --variants final mt-unet  # the table
+
+Columns: the head's validation mIoU / mAP at the end of pre-training, the
+validation mIoU / mAP after the heatmap stage, test mIoU, mIoU on differently
+composed scenes (3-5 items, scene seed 7), true-gated test mIoU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "results" / "recipe.jsonl"
+RUNS = ROOT / "runs" / "recipe"
+
+# the demo's data and classification stage (rrr.demo.DEMO without the heatmap options)
+PRETRAIN = [
+    "--arch", "resnet18", "--image-size", "64", "--train-images", "2000", "--val-images", "200",
+    "--pixel-labels", "50", "--pretrain-epochs", "4", "--batch-size", "16", "--pretrain-lr", "1e-3",
+    "--steps-per-epoch", "125", "--no-progress", "--overlays", "2",
+]  # fmt: skip
+HEATMAP = ["--method", "lrp", "--composite", "epsilon", "--epsilon", "0.1", "--loss", "ce",
+           "--lr", "1e-4", "--scalar-lr", "1e-3"]  # fmt: skip
+
+VARIANTS: dict[str, list[str]] = {
+    "base": [],
+    "cls5": ["--cls-weight", "5"],
+    "cls10": ["--cls-weight", "10"],
+    "cls5-lr3e-5": ["--cls-weight", "5", "--lr", "3e-5"],
+    "cls5-steps250": ["--cls-weight", "5", "--steps-per-epoch", "250"],
+    "cls5-dice": ["--cls-weight", "5", "--loss", "dice"],
+    "cls5-smooth3": ["--cls-weight", "5", "--smoothing", "3"],
+    "cls20": ["--cls-weight", "20"],
+    "cls50": ["--cls-weight", "50"],
+    "cls10-presence": ["--cls-weight", "10", "--presence", "pretrained"],
+    "presence": ["--presence", "pretrained"],
+    "cls5-presence": ["--cls-weight", "5", "--presence", "pretrained"],
+    "cls5-presence-lr3e-5": ["--cls-weight", "5", "--presence", "pretrained", "--lr", "3e-5"],
+}
+BASELINES = {"mt-unet": ["--model", "mt-unet"], "unet": ["--model", "unet"]}
+SHIFTED = ["--objects", "3,5", "--scene-seed", "7"]
+
+
+def python_m(module: str, *args: str) -> None:
+    subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, check=True)
+
+
+def evaluate(checkpoint: Path, *extra: str) -> dict:
+    report = checkpoint.parent / f"eval_{abs(hash(extra))}.json"
+    python_m(
+        "rrr.evaluate",
+        "--checkpoint",
+        str(checkpoint),
+        "--no-progress",
+        "--json",
+        str(report),
+        *extra,
+    )
+    return json.loads(report.read_text())
+
+
+def last(log: Path, phase: str) -> dict:
+    rows = [r for r in csv.DictReader(log.open()) if r["phase"] == phase]
+    return rows[-1] if rows else {}
+
+
+def pretrained(seed: int) -> Path:
+    """The shared classification-stage checkpoint of ``seed`` (recreated when missing)."""
+    out = RUNS / f"pretrain-seed{seed}"
+    if (
+        not (out / "checkpoint.pt").exists()
+        or last(out / "log.csv", "pretrain").get("epoch") != "4"
+    ):
+        shutil.rmtree(out, ignore_errors=True)
+        python_m(
+            "rrr.finetune",
+            *PRETRAIN,
+            *HEATMAP,
+            "--epochs",
+            "0",
+            "--seed",
+            str(seed),
+            "--out",
+            str(out),
+        )
+    return out
+
+
+def done() -> set[tuple[str, int]]:
+    if not RESULTS.exists():
+        return set()
+    return {(r["variant"], r["seed"]) for r in map(json.loads, RESULTS.read_text().splitlines())}
+
+
+def run(variant: str, seed: int) -> dict:
+    out = RUNS / f"{variant}-seed{seed}"
+    shutil.rmtree(out, ignore_errors=True)
+    start = time.time()
+    if variant in BASELINES:
+        python_m("rrr.finetune", *PRETRAIN, *BASELINES[variant], "--epochs", "1",
+                 "--seed", str(seed), "--out", str(out))  # fmt: skip
+        head = last(out / "log.csv", "pretrain")
+    else:
+        source = pretrained(seed)
+        shutil.copytree(source, out)
+        head = last(out / "log.csv", "pretrain")
+        python_m("rrr.finetune", *PRETRAIN, *HEATMAP, *VARIANTS[variant], "--epochs", "1",
+                 "--seed", str(seed), "--out", str(out), "--resume")  # fmt: skip
+    after = last(out / "log.csv", "finetune")
+    checkpoint = out / "checkpoint.pt"
+    test = evaluate(checkpoint, "--split", "test")
+    shifted = evaluate(checkpoint, "--split", "test", *SHIFTED)
+    gated = (
+        evaluate(checkpoint, "--split", "test", "--gating", "true")
+        if variant not in BASELINES
+        else {}
+    )
+    return {
+        "variant": variant, "seed": seed,
+        "options": BASELINES.get(variant) or VARIANTS[variant],
+        "head_val_miou": float(head["val_miou"]) if head else None,
+        "head_val_map": float(head["val_map"]) if head else None,
+        "val_miou": float(after["val_miou"]), "val_map": float(after["val_map"]),
+        "test_miou": test["miou"], "test_map": test.get("map"),
+        "shifted_miou": shifted["miou"], "true_gated_miou": gated.get("miou"),
+        "seconds": round(time.time() - start, 1),
+    }  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS))
+    args = parser.parse_args()
+    RESULTS.parent.mkdir(exist_ok=True)
+    for seed in args.seeds:
+        for variant in args.variants:
+            if (variant, seed) in done():
+                continue
+            row = run(variant, seed)
+            with RESULTS.open("a") as handle:
+                handle.write(json.dumps(row) + "\n")
+            print(json.dumps(row), flush=True)
+
+
+if __name__ == "__main__":
+    main()
