@@ -50,6 +50,7 @@ VARIANTS: dict[str, list[str]] = {
     "cls20": ["--cls-weight", "20"],
     "cls50": ["--cls-weight", "50"],
     "cls10-presence": ["--cls-weight", "10", "--presence", "pretrained"],
+    "cls10-seg0": ["--cls-weight", "10", "--seg-weight", "0"],  # control: no heatmap loss
     "presence": ["--presence", "pretrained"],
     "cls5-presence": ["--cls-weight", "5", "--presence", "pretrained"],
     "cls5-presence-lr3e-5": ["--cls-weight", "5", "--presence", "pretrained", "--lr", "3e-5"],
@@ -144,11 +145,47 @@ def run(variant: str, seed: int) -> dict:
     }  # fmt: skip
 
 
+def table(variants: list[str]) -> str:
+    """Markdown: one row per (variant, seed), then mean ± std over the seeds of each variant."""
+    rows = [json.loads(line) for line in RESULTS.read_text().splitlines()]
+    keys = ["head_val_miou", "val_miou", "head_val_map", "val_map", "test_miou", "shifted_miou",
+            "true_gated_miou"]  # fmt: skip
+    head = ("| variant | seed | head val mIoU | val mIoU | head val mAP | val mAP | test mIoU "
+            "| 3-5 item scenes | test, true gating |")  # fmt: skip
+    lines = [head, "|---" * 9 + "|"]
+
+    def cell(value: float | None) -> str:
+        return "–" if value is None else f"{value:.3f}"
+
+    for variant in variants:
+        mine = sorted((r for r in rows if r["variant"] == variant), key=lambda r: r["seed"])
+        for r in mine:
+            lines.append(
+                f"| {variant} | {r['seed']} | " + " | ".join(cell(r[k]) for k in keys) + " |"
+            )
+        if len(mine) > 1:
+            stats = []
+            for k in keys:
+                values = [r[k] for r in mine if r[k] is not None]
+                if not values:
+                    stats.append("–")
+                    continue
+                mean = sum(values) / len(values)
+                std = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
+                stats.append(f"{mean:.3f} ± {std:.3f}")
+            lines.append(f"| **{variant}** | mean ± std | " + " | ".join(stats) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS))
+    parser.add_argument("--table", action="store_true", help="print the results as markdown")
     args = parser.parse_args()
+    if args.table:
+        print(table(args.variants))
+        return
     RESULTS.parent.mkdir(exist_ok=True)
     for seed in args.seeds:
         for variant in args.variants:

@@ -189,7 +189,7 @@ class RunConfig:
         section="model",
     )
     epsilon: float = option(
-        1e-6, "epsilon of the 'epsilon' composite", type=float, metavar="EPS", section="model"
+        0.1, "epsilon of the 'epsilon' composite", type=float, metavar="EPS", section="model"
     )
     relevance: str = option(
         "logit",
@@ -209,9 +209,10 @@ class RunConfig:
     loss: str = option(
         "ce", "segmentation loss on the heatmaps", choices=_choices("loss"), section="loss"
     )
-    cls_weight: float = option(
-        1.0,
-        "weight of the multi-label classification loss",
+    cls_weight: float | None = option(
+        None,
+        "weight of the multi-label classification loss (default: 10 for the heatmap "
+        "segmenter, the recipe of docs/results.md; 1 for the multi-task U-Net)",
         type=non_negative_float,
         metavar="W",
         section="loss",
@@ -334,7 +335,7 @@ class RunConfig:
         1e-3, "pre-training learning rate", type=positive_float, metavar="LR", section="loss"
     )
     scalar_lr: float = option(
-        1e-2,
+        1e-3,
         "learning rate of the segmenter's scale and background",
         type=positive_float,
         metavar="LR",

@@ -7,9 +7,10 @@
 * :class:`UNetSegmenter` / :class:`MultiTaskUNetSegmenter` (``--model unet`` /
   ``mt-unet``): the baselines on the same data.
 
-To add a segmenter, write one module here with a :class:`Segmenter` subclass
-that sets ``name`` and implements ``from_config``, ``forward`` and
-``training_loss``, and import it below (the import registers it).
+To add a segmenter, write one module in this package with a :class:`Segmenter`
+subclass that sets ``name`` and implements ``from_config``, ``forward`` and
+``training_loss``; :func:`segmenter_names` imports every module of the package,
+so nothing else changes (import it below only to export the class).
 """
 
 from .base import (

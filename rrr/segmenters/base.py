@@ -19,8 +19,8 @@ class logits ``(B, C)``. The :class:`~rrr.trainer.Trainer`, ``rrr.evaluate`` and
 A subclass that sets ``name`` in its class body registers itself under that name
 (the values of ``--model``); :func:`build_segmenter` builds one from a
 :class:`~rrr.config.RunConfig` through the class's ``from_config``. Adding a
-segmenter is one file with one subclass, imported in
-:mod:`rrr.segmenters`' ``__init__``.
+segmenter is one module in this package with one subclass (the registry
+imports every module of the package).
 """
 
 from __future__ import annotations
@@ -191,9 +191,17 @@ class Segmenter(nn.Module):
 
 
 def segmenter_names() -> list[str]:
-    """The registered segmenter names (``--model`` choices)."""
-    from . import explainer, heatmap, unet  # noqa: F401 - import registers the built-ins
+    """The registered segmenter names (``--model`` choices).
 
+    Every module of this package is imported first (importing registers its
+    classes), so a new segmenter is one new module here and nothing else.
+    """
+    import importlib
+    import pkgutil
+
+    package = __name__.rpartition(".")[0]
+    for info in pkgutil.iter_modules(importlib.import_module(package).__path__):
+        importlib.import_module(f"{package}.{info.name}")
     return list(_REGISTRY)
 
 

@@ -68,7 +68,9 @@ class HeatmapSegmenter(Segmenter):
             inference, and its logits are the ``logits`` of inference calls).
         loss: the segmentation loss of the heatmap stage (a name of
             :data:`rrr.losses.LOSSES`).
-        cls_weight: weight of the classification term in the heatmap stage.
+        cls_weight: weight of the classification term in the heatmap stage (10 keeps
+            the image-level classifier improving while the maps learn; at 1 the heatmap
+            loss degraded it: docs/results.md).
         seg_weight: weight of the segmentation term.
     """
 
@@ -86,7 +88,7 @@ class HeatmapSegmenter(Segmenter):
         threshold: float = 0.0,
         init_scale: float = 1.0,
         loss: str = "ce",
-        cls_weight: float = 1.0,
+        cls_weight: float = 10.0,
         seg_weight: float = 1.0,
         presence: str = "finetuned",
     ) -> None:
@@ -151,7 +153,7 @@ class HeatmapSegmenter(Segmenter):
             gating=config.gating,
             threshold=config.threshold,
             loss=config.loss,
-            cls_weight=config.cls_weight,
+            cls_weight=10.0 if config.cls_weight is None else config.cls_weight,
             seg_weight=config.seg_weight,
             presence=config.presence,
         )

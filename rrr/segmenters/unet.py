@@ -88,7 +88,7 @@ class UNetSegmenter(Segmenter):
             config.arch,
             num_classes,
             loss=config.loss,
-            cls_weight=config.cls_weight,
+            cls_weight=1.0 if config.cls_weight is None else config.cls_weight,
             seg_weight=config.seg_weight,
         )
 
