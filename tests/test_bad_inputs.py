@@ -368,32 +368,45 @@ def test_pixel_labels_all_selects_every_training_image(tmp_path):
     assert sorted(chosen) == list(range(24)) and not subset.unlabelled_indices
 
 
-def test_a_second_run_into_the_same_out_refuses_while_the_first_runs(tmp_path):
-    """Two runs started together: one trains, the other refuses in one line; the log is one run's."""
-    args = [
-        sys.executable,
-        "-m",
-        "rrr.finetune",
-        *TINY,
-        "--method",
-        "saliency",
-        "--out",
-        str(tmp_path / "out"),
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    first = subprocess.Popen(args, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while (
-        not (tmp_path / "out" / ".lock").exists()
-        and first.poll() is None
-        and time.time() < deadline
-    ):
+# the first run waits inside its first step until the test lets it go on, so the second
+# run certainly starts while the first holds --out, however slow the machine is
+HOLD_FIRST_STEP = r"""
+import os, sys, time
+import rrr.trainer
+release, args = sys.argv[1], sys.argv[2:]
+original_step = rrr.trainer.Trainer.step
+def step(self, batch, phase):
+    while not os.path.exists(release):
         time.sleep(0.05)
-    second = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    return original_step(self, batch, phase)
+rrr.trainer.Trainer.step = step
+from rrr import finetune
+sys.exit(finetune.main(args))
+"""
+
+
+def test_a_second_run_into_the_same_out_refuses_while_the_first_runs(tmp_path):
+    """Two runs into one --out: the second refuses in one line; the log is the first run's."""
+    options = [*TINY, "--method", "saliency", "--out", str(tmp_path / "out")]
+    release = tmp_path / "release"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    first = subprocess.Popen(
+        [sys.executable, "-c", HOLD_FIRST_STEP, str(release), *options],
+        cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.time() + 300
+    while not (tmp_path / "out" / ".lock").exists() and time.time() < deadline:
+        assert first.poll() is None, first.stderr.read()
+        time.sleep(0.05)
+    second = subprocess.run(
+        [sys.executable, "-m", "rrr.finetune", *options],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    release.touch()
     first.wait(timeout=300)
     assert first.returncode == 0, first.stderr.read()
     assert second.returncode == 2
     lines = second.stderr.strip().splitlines()
-    assert len(lines) == 1 and "is in use by another run" in lines[0]
+    assert len(lines) == 1 and "is in use by another run" in lines[0], second.stderr
     log = (tmp_path / "out" / "log.csv").read_text().splitlines()
     assert len(log) == 3 and not (tmp_path / "out" / ".lock").exists()
