@@ -51,6 +51,8 @@ VARIANTS: dict[str, list[str]] = {
     "cls50": ["--cls-weight", "50"],
     "cls10-presence": ["--cls-weight", "10", "--presence", "pretrained"],
     "cls10-seg0": ["--cls-weight", "10", "--seg-weight", "0"],  # control: no heatmap loss
+    "cls10-seg5": ["--cls-weight", "10", "--seg-weight", "5"],
+    "cls10-dice": ["--cls-weight", "10", "--loss", "dice"],
     "presence": ["--presence", "pretrained"],
     "cls5-presence": ["--cls-weight", "5", "--presence", "pretrained"],
     "cls5-presence-lr3e-5": ["--cls-weight", "5", "--presence", "pretrained", "--lr", "3e-5"],
