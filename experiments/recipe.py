@@ -53,6 +53,9 @@ VARIANTS: dict[str, list[str]] = {
     "cls10-seg0": ["--cls-weight", "10", "--seg-weight", "0"],  # control: no heatmap loss
     "cls10-seg5": ["--cls-weight", "10", "--seg-weight", "5"],
     "cls10-dice": ["--cls-weight", "10", "--loss", "dice"],
+    "cls10-smooth5": ["--cls-weight", "10", "--smoothing", "5"],
+    "cls10-plus-flat": ["--cls-weight", "10", "--composite", "epsilon_plus_flat"],
+    "cls10-energy": ["--cls-weight", "10", "--loss", "energy"],
     "presence": ["--presence", "pretrained"],
     "cls5-presence": ["--cls-weight", "5", "--presence", "pretrained"],
     "cls5-presence-lr3e-5": ["--cls-weight", "5", "--presence", "pretrained", "--lr", "3e-5"],
