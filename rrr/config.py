@@ -472,6 +472,11 @@ class RunConfig:
         """The stage of each epoch: ``pretrain_epochs`` times "pretrain", then "finetune"."""
         return ("pretrain",) * self.pretrain_epochs + ("finetune",) * self.epochs
 
+    @classmethod
+    def data_fields(cls) -> list[str]:
+        """Names of the data options (``section="data"``), the ones ``rrr.evaluate`` shares."""
+        return [f.name for f in dataclasses.fields(cls) if f.metadata["section"] == "data"]
+
     def data_options(self, split: str) -> dict[str, Any]:
         """Keyword options of :func:`rrr.data.build_dataset` for ``split``."""
         return {
@@ -520,9 +525,9 @@ def _add(target: Any, f: dataclasses.Field, with_default: bool) -> None:
 def add_data_options(parser: argparse.ArgumentParser, with_defaults: bool = True) -> None:
     """The data options; without defaults (``rrr.evaluate``) an unset option means "as in the run"."""
     group = parser.add_argument_group(SECTIONS["data"])
-    for f in dataclasses.fields(RunConfig):
-        if f.metadata["section"] == "data":
-            _add(group, f, with_defaults)
+    fields = {f.name: f for f in dataclasses.fields(RunConfig)}
+    for name in RunConfig.data_fields():
+        _add(group, fields[name], with_defaults)
 
 
 def finetune_parser() -> argparse.ArgumentParser:

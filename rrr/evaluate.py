@@ -231,9 +231,6 @@ class ExplanationMetrics:
         return result
 
 
-DATA_OPTIONS = ("data", "data_root", "image_size", "train_images", "val_images", "objects", "scene_seed")  # fmt: skip
-
-
 def evaluate(args: argparse.Namespace) -> dict:
     from .checkpoint import atomic_write_text
     from .data import build_dataset
@@ -243,7 +240,12 @@ def evaluate(args: argparse.Namespace) -> dict:
 
     device = resolve_device(args.device)
     model, state = load_trained(args.checkpoint, device)
-    changes = {key: getattr(args, key) for key in DATA_OPTIONS if getattr(args, key) is not None}
+    # unset data options (None) keep the run's values; --download is a plain switch
+    changes = {
+        key: getattr(args, key)
+        for key in RunConfig.data_fields()
+        if key != "download" and getattr(args, key) is not None
+    }
     config: RunConfig = state["run_config"].replace(**changes, download=args.download)
     if args.composite is not None:
         config = config.replace(composite=args.composite)

@@ -66,7 +66,6 @@ class RunDirectory:
 
     def __init__(self, path: str | Path, resume: bool, hold: bool = True) -> None:
         self.path = Path(path)
-        self.resume = resume
         self.held = False
         self.created = False
         checkpoint = self.path / "checkpoint.pt"

@@ -42,10 +42,6 @@ class RunLog:
 
             self.writer = SummaryWriter(self.out / "tensorboard", purge_step=purge_step)
 
-    @property
-    def enabled(self) -> bool:
-        return self.writer is not None
-
     def step(self, values: dict[str, float], global_step: int) -> None:
         """The loss terms of one training step, as TensorBoard scalars ``train/<term>``."""
         if self.writer is not None:

@@ -155,7 +155,12 @@ class Trainer:
         c = self.config
         if c.phases[epoch] == "pretrain":
             batches = shuffled_batches(
-                len(self.train_set), c.batch_size, c.seed, epoch, *self._shard
+                len(self.train_set),
+                c.batch_size,
+                c.seed,
+                epoch,
+                self.dist.rank,
+                self.dist.world_size,
             )
         else:
             per_batch = c.batch_size // 2 if c.labelled_per_batch is None else c.labelled_per_batch
@@ -171,10 +176,6 @@ class Trainer:
             sampler.set_epoch(epoch)
             batches = list(sampler)
         return batches[: c.steps_per_epoch] if c.steps_per_epoch else batches
-
-    @property
-    def _shard(self) -> tuple[int, int]:
-        return self.dist.rank, self.dist.world_size
 
     def _set_lr(self, phase: str) -> None:
         c = self.config

@@ -12,6 +12,14 @@ from torch import nn
 os.environ.setdefault("MPLBACKEND", "Agg")
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
+#: options of a tiny but complete ``rrr.finetune`` run (1 + 1 epochs of 2 steps on 24 scenes
+#: at 32 px); tests add ``--overlays`` and what they vary
+TINY_RUN = [
+    "--image-size", "32", "--train-images", "24", "--val-images", "8",
+    "--pretrain-epochs", "1", "--epochs", "1", "--steps-per-epoch", "2",
+    "--batch-size", "4", "--pixel-labels", "4", "--no-progress",
+]  # fmt: skip
+
 
 class SmallResNet(nn.Module):
     """Conv + BatchNorm + in-place ReLU + max-pool + a residual block + GAP + Linear."""

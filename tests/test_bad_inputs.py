@@ -22,16 +22,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_RUN
 from PIL import Image
 
 from rrr import evaluate, finetune, predict
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = [
-    "--image-size", "32", "--train-images", "24", "--val-images", "8",
-    "--pretrain-epochs", "1", "--epochs", "1", "--steps-per-epoch", "2",
-    "--batch-size", "4", "--pixel-labels", "4", "--no-progress", "--overlays", "1",
-]  # fmt: skip
+TINY = [*TINY_RUN, "--overlays", "1"]
 MAINS = {"finetune": finetune.main, "evaluate": evaluate.main, "predict": predict.main}
 
 

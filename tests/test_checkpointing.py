@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
-from conftest import assert_unchanged, snapshot
+from conftest import TINY_RUN, assert_unchanged, snapshot
 from torch import nn
 
 import heatmaps
@@ -24,11 +24,7 @@ from rrr.checkpoint import load_checkpoint
 from rrr.config import parse_config
 from rrr.trainer import Trainer
 
-TINY = [
-    "--image-size", "32", "--train-images", "24", "--val-images", "8",
-    "--pretrain-epochs", "1", "--epochs", "1", "--steps-per-epoch", "2",
-    "--batch-size", "4", "--pixel-labels", "4", "--no-progress", "--overlays", "0",
-]  # fmt: skip
+TINY = [*TINY_RUN, "--overlays", "0"]
 
 
 def _resnet18() -> nn.Module:

@@ -11,16 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_RUN
 from PIL import Image
 
 from rrr import evaluate, finetune, predict
 from rrr.checkpoint import CheckpointError, load_checkpoint
 
-TINY = [
-    "--image-size", "32", "--train-images", "24", "--val-images", "8",
-    "--pretrain-epochs", "1", "--epochs", "1", "--steps-per-epoch", "2",
-    "--batch-size", "4", "--pixel-labels", "4", "--no-progress", "--overlays", "2",
-]  # fmt: skip
+TINY = [*TINY_RUN, "--overlays", "2"]
 ROOT = Path(__file__).resolve().parents[1]
 
 

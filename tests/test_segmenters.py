@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY_RUN
 from torch import Tensor, nn
 
 from rrr import finetune
@@ -25,11 +26,7 @@ from rrr.segmenters import (
     segmenter_names,
 )
 
-TINY = [
-    "--image-size", "32", "--train-images", "24", "--val-images", "8",
-    "--pretrain-epochs", "1", "--epochs", "1", "--steps-per-epoch", "2",
-    "--batch-size", "4", "--pixel-labels", "4", "--no-progress", "--overlays", "2",
-]  # fmt: skip
+TINY = [*TINY_RUN, "--overlays", "2"]
 ROOT = Path(__file__).resolve().parents[1]
 
 

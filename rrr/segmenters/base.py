@@ -106,19 +106,6 @@ class Segmenter(nn.Module):
         """The segmenter a run of ``config`` trains, for ``num_classes`` foreground classes."""
         raise NotImplementedError
 
-    def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
-        """As :meth:`torch.nn.Module.load_state_dict`, also for checkpoints of older versions.
-
-        Checkpoints written before the heatmap backend left the module tree hold a
-        second copy of the classifier's weights under ``backend.``: those keys
-        are dropped when the model has none.
-        """
-        own = self.state_dict().keys()
-        state_dict = {
-            k: v for k, v in state_dict.items() if not (k.startswith("backend.") and k not in own)
-        }
-        return super().load_state_dict(state_dict, strict=strict, assign=assign)
-
     # -- gating -------------------------------------------------------------------------------
     def class_presence(self, logits: Tensor) -> Tensor:
         """``(B, C)`` bool: classes the classifier predicts present (logit > threshold)."""

@@ -166,11 +166,17 @@ class HeatmapSegmenter(Segmenter):
                 self.presence_frozen.fill_(True)
 
     def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
-        """Also loads a checkpoint without a presence copy (e.g. one written by the
-        pre-training stage, or with ``--presence finetuned``): the copy is then taken
-        when the heatmap stage starts."""
+        """As :meth:`torch.nn.Module.load_state_dict`, also for checkpoints of older versions.
+
+        * Checkpoints written while the backend was a submodule hold a second copy
+          of the classifier's weights under ``backend.`` (the backend is now kept
+          out of the module tree): those keys are dropped.
+        * A checkpoint without a presence copy (written by the pre-training stage,
+          or with ``--presence finetuned``) loads into ``presence="pretrained"``:
+          the copy is then taken when the heatmap stage starts.
+        """
+        state_dict = {k: v for k, v in state_dict.items() if not k.startswith("backend.")}
         if self.presence_classifier is not None and "presence_frozen" not in state_dict:
-            state_dict = dict(state_dict)
             for key, value in self.presence_classifier.state_dict().items():
                 state_dict.setdefault(f"presence_classifier.{key}", value)
             state_dict["presence_frozen"] = torch.tensor(False)
@@ -258,7 +264,7 @@ class HeatmapSegmenter(Segmenter):
         if present is None and self.presence_classifier is not None:
             with torch.no_grad():
                 logits = self.presence_classifier(x)
-        gate = self.gate(logits, present)
+        gate = present if present is not None else self.gate(logits, None)  # checked above
         class_maps = torch.where(
             gate[:, :, None, None], class_maps, torch.full_like(class_maps, NEG)
         )
