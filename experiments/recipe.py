@@ -61,6 +61,14 @@ VARIANTS: dict[str, list[str]] = {
     "cls5-presence-lr3e-5": ["--cls-weight", "5", "--presence", "pretrained", "--lr", "3e-5"],
 }
 BASELINES = {"mt-unet": ["--model", "mt-unet"], "unet": ["--model", "unet"]}
+# data variants change the classification stage too, so each has its own shared pre-training;
+# a run named "DATA:VARIANT" (e.g. "img8k:cls10", "img8k:mt-unet") uses DATA's options
+DATA: dict[str, list[str]] = {
+    "": [],
+    # four times the image-labelled scenes at the same number of steps (image labels are the
+    # cheap resource): each scene is seen once in pre-training instead of four times
+    "img8k": ["--train-images", "8000"],
+}
 SHIFTED = ["--objects", "3,5", "--scene-seed", "7"]
 
 
@@ -87,9 +95,15 @@ def last(log: Path, phase: str) -> dict:
     return rows[-1] if rows else {}
 
 
-def pretrained(seed: int) -> Path:
+def split_name(name: str) -> tuple[list[str], str]:
+    """``"img8k:cls10"`` -> (the data options of img8k, "cls10")."""
+    data, _, variant = name.rpartition(":")
+    return DATA[data], variant
+
+
+def pretrained(seed: int, data: str = "") -> Path:
     """The shared classification-stage checkpoint of ``seed`` (recreated when missing)."""
-    out = RUNS / f"pretrain-seed{seed}"
+    out = RUNS / f"pretrain{'-' + data if data else ''}-seed{seed}"
     if (
         not (out / "checkpoint.pt").exists()
         or last(out / "log.csv", "pretrain").get("epoch") != "4"
@@ -98,6 +112,7 @@ def pretrained(seed: int) -> Path:
         python_m(
             "rrr.finetune",
             *PRETRAIN,
+            *DATA[data],
             *HEATMAP,
             "--epochs",
             "0",
@@ -115,19 +130,21 @@ def done() -> set[tuple[str, int]]:
     return {(r["variant"], r["seed"]) for r in map(json.loads, RESULTS.read_text().splitlines())}
 
 
-def run(variant: str, seed: int) -> dict:
-    out = RUNS / f"{variant}-seed{seed}"
+def run(name: str, seed: int) -> dict:
+    data_options, variant = split_name(name)
+    out = RUNS / f"{name.replace(':', '-')}-seed{seed}"
     shutil.rmtree(out, ignore_errors=True)
     start = time.time()
     if variant in BASELINES:
-        python_m("rrr.finetune", *PRETRAIN, *BASELINES[variant], "--epochs", "1",
+        python_m("rrr.finetune", *PRETRAIN, *data_options, *BASELINES[variant], "--epochs", "1",
                  "--seed", str(seed), "--out", str(out))  # fmt: skip
         head = last(out / "log.csv", "pretrain")
     else:
-        source = pretrained(seed)
+        source = pretrained(seed, name.rpartition(":")[0])
         shutil.copytree(source, out)
         head = last(out / "log.csv", "pretrain")
-        python_m("rrr.finetune", *PRETRAIN, *HEATMAP, *VARIANTS[variant], "--epochs", "1",
+        python_m("rrr.finetune", *PRETRAIN, *data_options, *HEATMAP, *VARIANTS[variant],
+                 "--epochs", "1",
                  "--seed", str(seed), "--out", str(out), "--resume")  # fmt: skip
     after = last(out / "log.csv", "finetune")
     checkpoint = out / "checkpoint.pt"
@@ -139,8 +156,8 @@ def run(variant: str, seed: int) -> dict:
         else {}
     )
     return {
-        "variant": variant, "seed": seed,
-        "options": BASELINES.get(variant) or VARIANTS[variant],
+        "variant": name, "seed": seed,
+        "options": data_options + (BASELINES.get(variant) or VARIANTS[variant]),
         "head_val_miou": float(head["val_miou"]) if head else None,
         "head_val_map": float(head["val_map"]) if head else None,
         "val_miou": float(after["val_miou"]), "val_map": float(after["val_map"]),

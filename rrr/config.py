@@ -205,6 +205,14 @@ class RunConfig:
         metavar="{none,DEFAULT,PATH}",
         section="model",
     )
+    init_from: str | None = option(
+        None,
+        "start from the weights of another run's checkpoint.pt (every parameter whose name "
+        "and shape match; the backbone must be covered), e.g. one pre-trained classifier "
+        "shared by several methods, with --pretrain-epochs 0",
+        metavar="PATH",
+        section="model",
+    )
     # -- segmentation logits ------------------------------------------------------------------
     loss: str = option(
         "ce", "segmentation loss on the heatmaps", choices=_choices("loss"), section="loss"

@@ -101,6 +101,9 @@ class Trainer:
         self.epoch_sums: dict[str, float] = {}
         if config.resume:
             self._resume()
+        elif config.init_from:  # another run's weights, not its optimizer or step
+            state = load_checkpoint(config.init_from, map_location=self.device)
+            self.model.load_matching(state["model"], f"--init-from {config.init_from}")
         if self.dist.active:
             broadcast_parameters(self.model)
         self.log = RunLog(self.out, self.classes, self.dist.main, purge_step=self.global_step)

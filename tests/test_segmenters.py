@@ -191,3 +191,26 @@ def test_resume_refuses_a_changed_option(tmp_path, capsys):
     code = finetune.main([*TINY, "--model", "mt-unet", "--out", str(out), "--resume"])
     assert code == 2
     assert "--model mt-unet differs" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("method", [["--method", "gradcam"], ["--model", "explainer"]])
+def test_init_from_starts_another_method_from_the_same_classifier(tmp_path, method):
+    """``--init-from`` a classification-only LRP run: the other method's classifier starts
+    bitwise equal to it; without the option it does not."""
+    from rrr.trainer import Trainer
+
+    given = load_checkpoint(_tiny_run(tmp_path / "pre", "--epochs", "0"))["model"]
+    keys = [k for k in given if k.startswith("classifier.")]
+
+    def start(*extra: str) -> dict[str, Tensor]:
+        options = [*TINY, *method, "--explainer", "small", "--pretrain-epochs", "0", *extra]
+        trainer = Trainer(parse_config(options + ["--out", str(tmp_path / str(len(extra)))]))
+        try:
+            return trainer.model.state_dict()
+        finally:
+            trainer.close()
+
+    started = start("--init-from", str(tmp_path / "pre" / "checkpoint.pt"))
+    assert keys and all(torch.equal(given[k], started[k]) for k in keys)
+    fresh = start()
+    assert not all(torch.equal(given[k], fresh[k]) for k in keys)

@@ -34,6 +34,8 @@ from torch import Tensor, nn
 from heatmaps.base import Heatmap
 from heatmaps.labels import classification_loss
 
+from ..checkpoint import CheckpointError
+
 if TYPE_CHECKING:
     from ..config import RunConfig
 
@@ -166,6 +168,29 @@ class Segmenter(nn.Module):
 
     def prepare_phase(self, phase: str) -> None:
         """Called when a stage starts (e.g. the Explainer freezes its classifier)."""
+
+    def load_matching(self, state: dict[str, Tensor], source: str) -> list[str]:
+        """Load every entry of ``state`` whose name and shape match; return their names.
+
+        Used by ``--init-from`` to start one method from another run's weights
+        (e.g. a heatmap and an Explainer segmenter from one pre-trained
+        classifier). Raises ``CheckpointError`` naming ``source`` when the backbone is
+        not covered, since a segmenter that keeps its random backbone is never
+        what was meant.
+        """
+        own = self.state_dict()
+        matching = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+        prefix = next(name for name, module in self.named_modules() if module is self.backbone)
+        needed = [k for k in own if k.startswith(prefix + ".")]
+        missing = [k for k in needed if k not in matching]
+        if missing:
+            raise CheckpointError(
+                f"{source}: no weights of the same shape for {len(missing)} of the "
+                f"{len(needed)} backbone entries of this --model {self.name} (first: "
+                f"{missing[0]}); was it written for another --model, --arch or data set?"
+            )
+        self.load_state_dict(matching, strict=False)
+        return sorted(matching)
 
     @property
     def backbone(self) -> nn.Module:
