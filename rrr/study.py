@@ -317,21 +317,24 @@ def study_parser() -> argparse.ArgumentParser:
         description="Heatmap segmenters against U-Nets from 0 to all pixel labels, over seeds "
         "(resumable: finished rows of --csv are skipped).",
     )
-    parser.add_argument("--csv", type=Path, default=ROOT / "results" / "study.csv",
+    parser.add_argument("--csv", type=Path, metavar="PATH", default=Path("results/study.csv"),
                         help="the results file (one row per finished run)")  # fmt: skip
-    parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "study",
+    parser.add_argument("--runs", type=Path, metavar="DIR", default=Path("runs/study"),
                         help="run directories and shared pre-trained checkpoints")  # fmt: skip
-    parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
+    parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS),
+                        help="the methods to run")  # fmt: skip
     parser.add_argument("--labels", nargs="+", default=None, metavar="N",
-                        help="pixel-labelled image counts (numbers or all)")  # fmt: skip
-    parser.add_argument("--seeds", nargs="+", type=int, default=None)
+                        help="pixel-labelled image counts, numbers or all (default 0 10 50 200 all)")  # fmt: skip
+    parser.add_argument("--seeds", nargs="+", type=int, default=None, metavar="SEED",
+                        help="seeds (default 0 1 2; 0 with --quick)")  # fmt: skip
     parser.add_argument("--rerun", nargs="+", choices=list(METHODS), default=[],
                         help="drop these methods' rows first and run them again")  # fmt: skip
     parser.add_argument("--retry-failed", action="store_true",
                         help="run the rows whose status is an error again")  # fmt: skip
     parser.add_argument("--quick", action="store_true",
                         help="a tiny grid (seconds per run) that exercises every path")  # fmt: skip
-    parser.add_argument("--no-progress", dest="progress", action="store_false")
+    parser.add_argument("--no-progress", dest="progress", action="store_false",
+                        help="no progress bar")  # fmt: skip
     return parser
 
 

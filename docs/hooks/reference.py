@@ -28,6 +28,8 @@ PARSERS = {
     "rrr.finetune": ("rrr.config", "finetune_parser"),
     "rrr.evaluate": ("rrr.evaluate", "evaluate_parser"),
     "rrr.predict": ("rrr.predict", "predict_parser"),
+    "rrr.study": ("rrr.study", "study_parser"),
+    "rrr.study_report": ("rrr.study_report", "report_parser"),
 }
 END = "<!-- end generated -->"
 
