@@ -9,17 +9,23 @@ Accepted forms (``C`` is the number of classes the classifier outputs):
 ``LongTensor (B, K)``  ``K`` classes per sample
 ``BoolTensor (B, C)``  multi-hot: ``K = C``; absent classes get all-zero maps
 ``"all"``              every class (``K = C``)
+a callable             ``f(logits)`` of the ``(B, C)`` logits of the same forward
+                       pass, returning any form above; e.g. ``lambda z: z > 0``
+                       explains the classes the classifier predicts present,
+                       with no second forward pass
 =====================  =========================================================
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
 
-TargetsLike = None | int | str | Tensor
+TargetsLike = None | int | str | Tensor | Callable[[Tensor], Any]
 
 
 @dataclass(frozen=True)
@@ -53,6 +59,11 @@ def resolve_targets(targets: TargetsLike, logits: Tensor) -> ResolvedTargets:
     """
     batch, num_classes = logits.shape
     device = logits.device
+    if callable(targets) and not isinstance(targets, Tensor):
+        chosen = targets(logits.detach())
+        if callable(chosen) and not isinstance(chosen, Tensor):
+            raise TypeError("targets: a callable must return targets, not another callable")
+        return resolve_targets(chosen, logits)
 
     def full(index: Tensor) -> ResolvedTargets:
         return ResolvedTargets(index, torch.ones_like(index, dtype=torch.bool))

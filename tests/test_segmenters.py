@@ -214,3 +214,36 @@ def test_init_from_starts_another_method_from_the_same_classifier(tmp_path, meth
     assert keys and all(torch.equal(given[k], started[k]) for k in keys)
     fresh = start()
     assert not all(torch.equal(given[k], fresh[k]) for k in keys)
+
+
+@pytest.mark.parametrize("presence", ["finetuned", "pretrained"])
+@pytest.mark.parametrize("background", ["constant", "neuron"])
+def test_predicted_gating_explains_only_the_kept_classes(presence, background):
+    """Inference decides presence first and computes only the kept classes' maps: the
+    result equals explaining with the classifier's own decision as the labels, and each
+    kept map equals that of the all-class path."""
+    torch.manual_seed(0)
+    config = parse_config(["--presence", presence, "--background", background])
+    model = build_segmenter(config, 4).eval()
+    model.start_phase("finetune")
+    x = torch.rand(3, 3, 32, 32)
+    with torch.no_grad():
+        decider = model.presence_classifier if presence == "pretrained" else model.classifier
+        kept = model.class_presence(decider(x))
+    assert kept.any() and not kept.all()  # a real test of gating
+    calls = []
+    original = model.backend._attribute
+
+    def spy(x, logits, index, create_graph):
+        calls.append(index.shape[1])
+        return original(x, logits, index, create_graph)
+
+    model.backend._attribute = spy
+    gated = model(x)
+    assert calls == [int(kept.sum(1).max()) + (background == "neuron")]
+    assert torch.equal(gated.seg_logits, model(x, kept).seg_logits)
+    model.gating = "none"
+    every = model(x)
+    c = model.num_classes
+    assert torch.allclose(gated.maps[:, :c][kept], every.maps[:, :c][kept], atol=1e-6)
+    assert torch.equal(gated.maps[:, :c][~kept], torch.zeros_like(gated.maps[:, :c][~kept]))

@@ -70,6 +70,23 @@ def test_multi_hot_computes_only_present_classes(small_model, small_input):
     assert calls == [2]  # not 5
 
 
+def test_a_callable_chooses_from_the_same_forward_pass(small_model, small_input):
+    """``lambda z: z > t``: the classes whose logit clears t, one forward pass, the same maps."""
+    heatmap = heatmaps.LRPHeatmap(small_model, composite="epsilon")
+    forwards = []
+    handle = small_model.register_forward_hook(lambda *_: forwards.append(1))
+    try:
+        out = heatmap.explain(small_input, lambda z: z > z.median())
+    finally:
+        handle.remove()
+    assert len(forwards) == 1
+    chosen = out.logits > out.logits.median()
+    assert torch.equal(out.active, chosen)
+    assert torch.equal(out.maps, heatmap(small_input, chosen))
+    with pytest.raises(TypeError, match="not another callable"):
+        heatmap(small_input, lambda z: lambda w: w)
+
+
 @pytest.mark.parametrize(
     "targets, error, message",
     [
