@@ -199,12 +199,38 @@ def table(variants: list[str]) -> str:
     return "\n".join(lines)
 
 
+def reevaluate(variants: list[str], seeds: list[int]) -> None:
+    """Recompute the validation, test and 3-5 item columns of finished runs in place."""
+    rows = [json.loads(line) for line in RESULTS.read_text().splitlines()]
+    for row in rows:
+        if row["variant"] not in variants or row["seed"] not in seeds:
+            continue
+        checkpoint = (
+            RUNS / f"{row['variant'].replace(':', '-')}-seed{row['seed']}" / "checkpoint.pt"
+        )
+        if not checkpoint.exists():
+            print(f"skipped {row['variant']} seed {row['seed']}: {checkpoint} is gone")
+            continue
+        row["val_miou"] = evaluate(checkpoint, "--split", "val")["miou"]
+        test = evaluate(checkpoint, "--split", "test")
+        row["test_miou"], row["test_map"] = test["miou"], test.get("map")
+        row["shifted_miou"] = evaluate(checkpoint, "--split", "test", *SHIFTED)["miou"]
+        print(json.dumps(row), flush=True)
+    RESULTS.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS))
     parser.add_argument("--table", action="store_true", help="print the results as markdown")
+    parser.add_argument("--reevaluate", action="store_true",
+                        help="evaluate the finished runs of --variants and --seeds again with "
+                        "this version's inference (their run directories must exist)")  # fmt: skip
     args = parser.parse_args()
+    if args.reevaluate:
+        reevaluate(args.variants, args.seeds)
+        return
     if args.table:
         print(table(args.variants))
         return
