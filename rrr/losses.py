@@ -448,7 +448,11 @@ LOSSES: dict[str, Callable[..., Tensor]] = {
 
 ``"ce"`` and ``"dice"`` take ``(seg_logits, target, ignore_index=255)``; all
 others take ``(maps, masks, valid=None)`` (``"rrr"`` expects input gradients
-as ``maps``; see :func:`rrr_masked_loss`).
+as ``maps``; see :func:`rrr_masked_loss`). On the command line (``rrr.finetune
+--loss rrr``) the maps are the backend's class maps, so there the squared
+penalty of Ross et al. falls on those maps outside the masks (input gradients of
+the class logits with ``--method saliency``), not on the gradient of the summed
+log-probabilities; examples/04 uses the paper's form from Python.
 """
 
 SEGMENTATION_LOSSES = frozenset({"ce", "dice"})
