@@ -85,11 +85,9 @@ METHODS: dict[str, Method] = {
         "classifier",
         weak=False,
     ),  # fmt: skip
-    # the U-Net learns from pixel labels only: every image of its batches has a mask, and
-    # it trains from scratch, so it takes the pre-training learning rate too
-    "unet": Method(
-        ("--model", "unet", "--labelled-per-batch", "16", "--lr", "1e-3"), None, weak=False
-    ),
+    # the U-Net trains from scratch, so it takes the pre-training learning rate too; its
+    # batches are the others' (half pixel-labelled), of which only the labelled half counts
+    "unet": Method(("--model", "unet", "--lr", "1e-3"), None, weak=False),
     "mt-unet": Method(("--model", "mt-unet"), "mt-unet", weak=False),
 }
 PIXEL_LABELS: tuple[int | str, ...] = (0, 10, 50, 200, "all")

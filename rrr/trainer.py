@@ -32,6 +32,7 @@ from heatmaps.recomputation import activation_checkpointing, default_checkpoint_
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .config import RunConfig
 from .data import MixedBatchSampler, build_dataset, pixel_label_split
+from .data.semisupervised import empty_stage_message
 from .distributed import (
     average_gradients,
     barrier,
@@ -93,6 +94,10 @@ class Trainer:
                 f"{config.batch_size}: every batch is all pixel-labelled images",
                 stacklevel=2,
             )
+        for phase in dict.fromkeys(config.phases):  # every stage has batches, or say why now
+            if not self.batches(config.phases.index(phase)):
+                n, k = len(self.train_set), len(self.pixel_indices)
+                raise ValueError(empty_stage_message(phase, n, k, config.batch_size, per_batch))
         self.model: Segmenter = build_segmenter(config, self.num_classes).to(self.device)
         self.recomputed_modules = self._recomputed_modules()
         self.optimizer = self._optimizer()

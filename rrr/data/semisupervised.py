@@ -17,6 +17,7 @@ from .common import IGNORE_INDEX
 
 __all__ = [
     "MixedBatchSampler",
+    "empty_stage_message",
     "PixelLabelSubset",
     "choose_pixel_labelled",
     "dataset_labels",
@@ -258,3 +259,30 @@ class MixedBatchSampler(Sampler[list[int]]):
     def __iter__(self) -> Iterator[list[int]]:
         for batch in self.global_batches():
             yield batch[self.rank :: self.world_size]
+
+
+def empty_stage_message(
+    phase: str, images: int, labelled: int, batch_size: int, labelled_per_batch: int | None
+) -> str:
+    """Why an epoch of ``phase`` has no batch at all, and what to change (an error message).
+
+    ``labelled_per_batch=None`` is the sampler's default, half the batch.
+    """
+    if labelled_per_batch is None:
+        labelled_per_batch = batch_size // 2
+    if phase == "pretrain":
+        return (
+            f"the classification stage has no batches: {images} training images do not fill "
+            f"one batch of {batch_size}; lower --batch-size or add --train-images"
+        )
+    if labelled_per_batch >= batch_size or labelled == images:
+        return (
+            f"the fine-tuning stage has no batches: its batches are all pixel-labelled and "
+            f"{labelled} pixel-labelled images do not fill one batch of {batch_size}; lower "
+            "--labelled-per-batch (the rest of each batch is image-labelled) or --batch-size"
+        )
+    return (
+        f"the fine-tuning stage has no batches: {images - labelled} image-labelled images do "
+        f"not fill the {batch_size - labelled_per_batch} places of one batch; lower "
+        "--batch-size or raise --labelled-per-batch"
+    )
