@@ -14,7 +14,11 @@ Two groups:
   curves of :func:`deletion_insertion_auc`;
 * agreement of ``[0, 1]`` masks with ground truth, as reported by Stalder et al.
   (NeurIPS 2022): :func:`mask_f1`, :func:`discrete_iou`, :func:`continuous_iou`,
-  :func:`mask_auc`, :func:`saliency_metric`.
+  :func:`mask_auc`, :func:`saliency_metric`;
+* class specificity of the maps of scenes with several items (does the map of a
+  class pick its own item, or every item?): :func:`class_specificity`, summed over
+  batches and finalised by :func:`summarise_class_specificity`, with the
+  class-agnostic reference :func:`all_items_maps`.
 """
 
 from __future__ import annotations
@@ -29,6 +33,9 @@ from torch import Tensor, nn
 from torchmetrics.functional.classification import binary_auroc
 
 __all__ = [
+    "SPECIFICITY_SUMS",
+    "all_items_maps",
+    "class_specificity",
     "continuous_iou",
     "deletion_insertion_auc",
     "discrete_iou",
@@ -39,6 +46,7 @@ __all__ = [
     "normalise_maps",
     "pointing_game",
     "saliency_metric",
+    "summarise_class_specificity",
 ]
 
 Normalisation = Literal["max", "minmax", "sigmoid"]
@@ -522,3 +530,161 @@ def saliency_metric(
         for part in _chunks(images.shape[0], batch_size):
             log_probs[part] = _class_log_probability(model, inputs[part], target[part], activation)
     return torch.log(areas.clamp(min=min_area)) - log_probs
+
+
+# --------------------------------------------------------------------------- class specificity
+
+#: the keys of :func:`class_specificity`'s sums, in order
+SPECIFICITY_SUMS = ("own_sum", "other_sum", "pairs", "absent_sum", "absent_pairs")
+
+
+def _present_classes(present: Tensor, shape: torch.Size) -> Tensor:
+    """``(B, C)`` bool from bool or multi-hot labels (``> 0.5``), checked against the maps."""
+    if not isinstance(present, Tensor) or tuple(present.shape) != tuple(shape[:2]):
+        raise ValueError(
+            f"present: expected (B, C) = {tuple(shape[:2])} labels, "
+            f"got {tuple(getattr(present, 'shape', ())) or type(present).__name__}"
+        )
+    return present if present.dtype == torch.bool else present > 0.5
+
+
+def class_specificity(maps: Tensor, masks: Tensor, present: Tensor) -> dict[str, Tensor]:
+    r"""Sums of how much of each class's map lies on its own item and on the other items.
+
+    For scene :math:`b` and class :math:`c` let :math:`M_{bc}` be the pixels of
+    class :math:`c`'s items, :math:`I_b = \bigcup_d M_{bd}` all item pixels and
+    :math:`O_{bc} = I_b \setminus M_{bc}` the pixels of the items of the other
+    classes. With :math:`\bar A(R) = \frac{1}{|R|}\sum_{p \in R} A_{bc}(p)`,
+    the mean of class :math:`c`'s map over a region:
+
+    .. math::
+
+        \mathrm{own}_{bc} = \bar A_{bc}(M_{bc}), \qquad
+        \mathrm{other}_{bc} = \bar A_{bc}(O_{bc}), \qquad
+        \mathrm{absent}_{ba} = \bar A_{ba}(I_b)
+
+    over the *pairs* :math:`P = \{(b, c): y_{bc} = 1,\ |M_{bc}| > 0,\
+    |O_{bc}| > 0\}` (a present class whose scene also holds an item of another
+    class) and the *absent pairs* :math:`Q = \{(b, a): y_{ba} = 0,\ |I_b| > 0\}`.
+    Returned are the sums :math:`\sum_P \mathrm{own}`, :math:`\sum_P
+    \mathrm{other}`, :math:`|P|`, :math:`\sum_Q \mathrm{absent}` and
+    :math:`|Q|` (keys :data:`SPECIFICITY_SUMS`), so that batches can be added up;
+    :func:`summarise_class_specificity` turns them into the means and the ratio
+    :math:`\overline{\mathrm{own}} / \overline{\mathrm{other}}`. Every pair
+    weighs the same, whatever the size of its items.
+
+    A map that paints every item of the scene (a class-agnostic "where are the
+    items" mask, :func:`all_items_maps`) has own = other, ratio 1; a perfectly
+    class-specific map has other = 0.
+
+    Source: not a metric from the literature; it measures the
+    "class-discriminative" property of maps (R. R. Selvaraju et al.,
+    "Grad-CAM", ICCV 2017) on scenes whose items are labelled per pixel.
+
+    Assumptions: maps in ``[0, 1]`` (masks as they are, attribution maps
+    normalised first, e.g. :func:`normalise_maps` ``how="max"``), higher meaning
+    "this class is here"; one map per class, channel ``c`` of ``maps``, ``masks``
+    and ``present`` being the same class; ``present`` are the image-level labels
+    and agree with ``masks`` (a present class without pixels forms no pair; the
+    pixels of a class not marked present still count as item pixels). Pixels in
+    no mask (background, unlabelled) are ignored. Overlapping masks are allowed:
+    a pixel of :math:`M_{bc}` is never in :math:`O_{bc}`.
+
+    Args:
+        maps: ``(B, C, H, W)``.
+        masks: bool ``(B, C, H, W)`` (not broadcast), true on the items of class ``c``
+            (e.g. :func:`heatmaps.labels.class_masks` of a label map).
+        present: ``(B, C)`` bool or multi-hot image-level labels (``> 0.5`` is present).
+
+    Returns:
+        dict of 0-dim float64 tensors on the maps' device, keys :data:`SPECIFICITY_SUMS`.
+    """
+    if isinstance(masks, Tensor) and isinstance(maps, Tensor) and masks.shape != maps.shape:
+        raise ValueError(
+            f"masks: expected one mask per map, shape {tuple(maps.shape)}, got {tuple(masks.shape)}"
+        )
+    maps, region = _maps_and_masks(maps, masks)
+    present = _present_classes(present, maps.shape).to(maps.device)
+    maps = maps.double()
+    items = region.any(dim=1, keepdim=True)
+    others = items & ~region
+    own_count = region.sum(dim=(2, 3))
+    other_count = others.sum(dim=(2, 3))
+    item_count = items.sum(dim=(2, 3)).expand_as(own_count)
+    own = _ratio((maps * region).sum(dim=(2, 3)), own_count.double())
+    other = _ratio((maps * others).sum(dim=(2, 3)), other_count.double())
+    absent = _ratio((maps * items).sum(dim=(2, 3)), item_count.double())
+    pairs = present & (own_count > 0) & (other_count > 0)
+    absent_pairs = ~present & (item_count > 0)
+    return {
+        "own_sum": own[pairs].sum(),
+        "other_sum": other[pairs].sum(),
+        "pairs": pairs.sum().double(),
+        "absent_sum": absent[absent_pairs].sum(),
+        "absent_pairs": absent_pairs.sum().double(),
+    }
+
+
+def summarise_class_specificity(*sums: dict[str, Tensor]) -> dict[str, Tensor]:
+    r"""Means and ratio from one or more :func:`class_specificity` results (e.g. one per batch).
+
+    .. math::
+
+        \overline{\mathrm{own}} = \frac{\sum_P \mathrm{own}}{|P|}, \quad
+        \overline{\mathrm{other}} = \frac{\sum_P \mathrm{other}}{|P|}, \quad
+        \mathrm{ratio} = \frac{\overline{\mathrm{own}}}{\overline{\mathrm{other}}}, \quad
+        \overline{\mathrm{absent}} = \frac{\sum_Q \mathrm{absent}}{|Q|}
+
+    (the ratio of the means, not the mean of per-pair ratios).
+
+    Assumptions: the sums come from :func:`class_specificity` and are simply
+    added up. Undefined values follow IEEE division: no pair gives ``nan`` for
+    own, other and ratio; other = 0 gives ratio ``inf`` (``nan`` if own is 0
+    too); no absent pair gives ``nan`` absent.
+
+    Returns:
+        dict of 0-dim float64 tensors ``own``, ``other``, ``ratio``, ``absent``,
+        ``pairs`` (:math:`|P|`) and ``absent_pairs`` (:math:`|Q|`).
+    """
+    if not sums:
+        raise ValueError("summarise_class_specificity: expected at least one result")
+    total = {
+        key: torch.stack([torch.as_tensor(part[key]).double().cpu() for part in sums]).sum()
+        for key in SPECIFICITY_SUMS
+    }
+    own = total["own_sum"] / total["pairs"]
+    other = total["other_sum"] / total["pairs"]
+    return {
+        "own": own,
+        "other": other,
+        "ratio": own / other,
+        "absent": total["absent_sum"] / total["absent_pairs"],
+        "pairs": total["pairs"],
+        "absent_pairs": total["absent_pairs"],
+    }
+
+
+def all_items_maps(masks: Tensor, present: Tensor) -> Tensor:
+    r"""The class-agnostic reference: every item of the scene as the map of every present class.
+
+    .. math::
+
+        R_{bc} = y_{bc} \cdot [\textstyle\bigcup_d M_{bd}]
+
+    i.e. a map that knows which classes are in the scene and where the items
+    are, but not which item is which. Under :func:`class_specificity` it has
+    own = other = 1, ratio 1 and absent 0 by construction; under
+    :func:`continuous_iou` it scores what "where the items are" alone is worth.
+
+    Args:
+        masks: bool ``(B, C, H, W)``, true on the items of class ``c``.
+        present: ``(B, C)`` bool or multi-hot image-level labels.
+
+    Returns:
+        ``(B, C, H, W)`` float32 maps with values 0 and 1.
+    """
+    if not isinstance(masks, Tensor) or masks.dim() != 4:
+        raise ValueError(f"masks: expected (B, C, H, W), got {getattr(masks, 'shape', masks)}")
+    present = _present_classes(present, masks.shape).to(masks.device)
+    items = (masks != 0).any(dim=1, keepdim=True)
+    return (items & present[:, :, None, None]).float()

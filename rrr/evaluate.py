@@ -12,7 +12,15 @@ optionally writes JSON with ``miou``, ``per_class_iou``, ``pixel_accuracy``,
 ``--explanation-metrics`` adds, under ``"explanation"``, the mask metrics of
 Stalder et al. (NeurIPS 2022) of the maps that explain the checkpoint's
 classifier, averaged over every (image, present class) pair of the split:
-mask F1 and discrete IoU at 0.5, continuous IoU, AUC and the saliency metric.
+mask F1 and discrete IoU at 0.5, continuous IoU, AUC and the saliency metric;
+and their class specificity (:func:`heatmaps.metrics.class_specificity`):
+``own`` and ``other``, the mean map of a present class on its own items and on
+the other classes' items of the scene (over the pairs whose scene has both),
+their ``ratio``, and ``absent``, the mean map of an absent class on the items.
+``"all_items_reference"`` scores the same way the maps that paint every item of
+the scene for every present class (:func:`heatmaps.metrics.all_items_maps`;
+own = other = 1, ratio 1 and absent 0 by construction), the value of knowing
+where the items are but not which is which.
 The maps are those of the run's own backend (the Explainer's masks for
 ``--method explainer``), or of ``--explain-method NAME`` built on the same
 classifier, so Explainer, Grad-CAM and LRP of one frozen classifier can be
@@ -70,7 +78,9 @@ def evaluate_parser() -> argparse.ArgumentParser:
         "--explanation-metrics",
         action="store_true",
         help="also score the maps that explain the classifier against the class masks "
-        "(mask F1, discrete and continuous IoU, AUC, saliency metric)",
+        "(mask F1, discrete and continuous IoU, AUC, saliency metric) and their class "
+        "specificity (mean map on the own item, on the other items, their ratio, on the items "
+        "for absent classes), next to the reference that paints all items for every present class",
     )
     parser.add_argument(
         "--explain-method",
@@ -145,6 +155,11 @@ def explanation_backend(model: Segmenter, config: RunConfig, name: str | None = 
     return heatmaps.get(name, own.model, **options)
 
 
+def _number(value: Tensor) -> float | None:
+    """A finite tensor as a float; ``None`` (JSON ``null``) for nan or inf."""
+    return float(value) if bool(torch.isfinite(value)) else None
+
+
 class ExplanationMetrics:
     """Mean mask metrics (:mod:`heatmaps.metrics`) over (image, present class) pairs.
 
@@ -153,9 +168,18 @@ class ExplanationMetrics:
     with ``normalise_maps(how="max")`` (positive part over its maximum). The
     ground truth of class ``c`` is the pixels labelled ``c + 1``; unlabelled
     pixels count as not the object, and images without labelled pixels are skipped.
+
+    The maps of every class are computed (absent ones too, for the class
+    specificity's ``absent``), the mask metrics are taken over the present
+    classes only. Class specificity (:func:`heatmaps.metrics.class_specificity`)
+    is summed over the batches and finalised in :meth:`compute`; so is that of
+    the all-items reference (:func:`heatmaps.metrics.all_items_maps`), with its
+    mask F1, discrete and continuous IoU.
     """
 
     KEYS = ("mask_f1", "discrete_iou", "continuous_iou", "auc", "saliency")
+    SPECIFICITY = ("own", "other", "ratio", "absent")
+    REFERENCE_KEYS = ("mask_f1", "discrete_iou", "continuous_iou")
 
     def __init__(
         self, backend, num_classes: int, saliency_variant: str = "crop", threshold: float = 0.5
@@ -165,10 +189,17 @@ class ExplanationMetrics:
         self.saliency_variant = saliency_variant
         self.threshold = threshold
         self.values: dict[str, list[Tensor]] = {key: [] for key in self.KEYS}
+        self.reference: dict[str, list[Tensor]] = {key: [] for key in self.REFERENCE_KEYS}
+        self.specificity: list[dict[str, Tensor]] = []
+        self.reference_specificity: list[dict[str, Tensor]] = []
         self._outputs: int | None = None
 
     def maps(self, x: Tensor, present: Tensor) -> Tensor:
-        """``(B, C, H, W)`` maps in ``[0, 1]`` of the classes marked in ``present`` (others 0)."""
+        """``(B, C, H, W)`` maps in ``[0, 1]`` of the classes marked in ``present`` (others 0).
+
+        Mark every class to get the maps of absent classes too (each class's map
+        does not depend on which other classes are asked for).
+        """
         from heatmaps.metrics import normalise_maps
 
         if self._outputs is None:
@@ -182,6 +213,8 @@ class ExplanationMetrics:
 
     def update(self, x: Tensor, labels: Tensor, target: Tensor) -> None:
         from heatmaps.metrics import (
+            all_items_maps,
+            class_specificity,
             continuous_iou,
             discrete_iou,
             mask_auc,
@@ -194,13 +227,19 @@ class ExplanationMetrics:
             return
         x, labels, target = x[keep], labels[keep], target[keep].to(x.device)
         present = labels.to(x.device) > 0.5
-        maps = self.maps(x, present)
+        maps = self.maps(x, torch.ones_like(present))
         truth = class_masks(target, self.num_classes)
         t = self.threshold
         self.values["mask_f1"].append(mask_f1(maps, truth, t)[present].cpu())
         self.values["discrete_iou"].append(discrete_iou(maps, truth, t)[present].cpu())
         self.values["continuous_iou"].append(continuous_iou(maps, truth)[present].cpu())
         self.values["auc"].append(mask_auc(maps, truth)[present].cpu())
+        self.specificity.append(class_specificity(maps, truth, present))
+        reference = all_items_maps(truth, present).to(maps.dtype)
+        self.reference["mask_f1"].append(mask_f1(reference, truth, t)[present].cpu())
+        self.reference["discrete_iou"].append(discrete_iou(reference, truth, t)[present].cpu())
+        self.reference["continuous_iou"].append(continuous_iou(reference, truth)[present].cpu())
+        self.reference_specificity.append(class_specificity(reference, truth, present))
         image, cls = present.nonzero(as_tuple=True)
         saliency = saliency_metric(
             self.backend.model,
@@ -213,7 +252,36 @@ class ExplanationMetrics:
         )
         self.values["saliency"].append(saliency.cpu())
 
+    @staticmethod
+    def _means(values: dict[str, list[Tensor]]) -> dict[str, float | None]:
+        means: dict[str, float | None] = {}
+        for key, parts in values.items():
+            joined = torch.cat(parts) if parts else torch.zeros(0)
+            mean = joined.double().nanmean() if len(joined) else torch.tensor(float("nan"))
+            means[key] = None if mean.isnan() else float(mean)
+        return means
+
+    @classmethod
+    def _specificity(cls, sums: list[dict[str, Tensor]]) -> dict:
+        from heatmaps.metrics import SPECIFICITY_SUMS, summarise_class_specificity
+
+        if not sums:
+            sums = [{key: torch.zeros((), dtype=torch.float64) for key in SPECIFICITY_SUMS}]
+        summary = summarise_class_specificity(*sums)
+        result: dict = {key: _number(summary[key]) for key in cls.SPECIFICITY}
+        result["specificity_pairs"] = int(summary["pairs"])
+        result["absent_pairs"] = int(summary["absent_pairs"])
+        return result
+
     def compute(self) -> dict:
+        """The means, class specificity and the ``"all_items_reference"`` as a JSON-ready dict.
+
+        ``own``, ``other``, ``ratio``, ``absent``: see
+        :func:`heatmaps.metrics.summarise_class_specificity`; ``null`` where
+        undefined (no pair) or infinite (other = 0). ``specificity_pairs``
+        counts the (scene, present class) pairs whose scene holds an item of
+        another class, ``absent_pairs`` the (scene, absent class) pairs.
+        """
         result: dict = {
             "method": self.backend.name,
             "maps": "masks as they are"
@@ -224,10 +292,14 @@ class ExplanationMetrics:
         }
         pairs = torch.cat(self.values["mask_f1"]) if self.values["mask_f1"] else torch.zeros(0)
         result["pairs"] = len(pairs)
-        for key in self.KEYS:
-            values = torch.cat(self.values[key]) if self.values[key] else torch.zeros(0)
-            mean = values.double().nanmean() if len(values) else torch.tensor(float("nan"))
-            result[key] = None if mean.isnan() else float(mean)
+        result.update(self._means(self.values))
+        result.update(self._specificity(self.specificity))
+        result["all_items_reference"] = {
+            "maps": "every item of the scene for every present class, absent classes 0 "
+            "(own = other = 1, ratio 1, absent 0 by construction)",
+            **self._means(self.reference),
+            **self._specificity(self.reference_specificity),
+        }
         return result
 
 

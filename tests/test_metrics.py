@@ -9,7 +9,11 @@ import pytest
 import torch
 from torch import nn
 
+from heatmaps.labels import class_masks
 from heatmaps.metrics import (
+    SPECIFICITY_SUMS,
+    all_items_maps,
+    class_specificity,
     continuous_iou,
     deletion_insertion_auc,
     discrete_iou,
@@ -20,6 +24,7 @@ from heatmaps.metrics import (
     normalise_maps,
     pointing_game,
     saliency_metric,
+    summarise_class_specificity,
 )
 
 
@@ -283,3 +288,127 @@ def test_saliency_metric_multi_hot_target_sums_probabilities():
     both = torch.tensor([[True, True]])
     got = saliency_metric(linear_model(), images, maps, both, variant="mask")
     assert got.item() == pytest.approx(0.0, abs=1e-6)  # area 1, probability 1
+
+
+# ----------------------------------------------------------------- class specificity
+
+# One 3x4 scene with three classes: class 0 is the left column pair, class 1 the right
+# column; class 2 is absent. 0 = background.
+SCENE = torch.tensor(
+    [
+        [1, 0, 0, 2],
+        [1, 0, 0, 2],
+        [0, 0, 0, 2],
+    ]
+)[None]
+SCENE_MASKS = class_masks(SCENE, 3)  # (1, 3, 3, 4)
+SCENE_PRESENT = torch.tensor([[True, True, False]])
+
+
+def scene_maps(class0, class1, class2):
+    return torch.tensor([class0, class1, class2], dtype=torch.float32)[None]
+
+
+def test_class_specificity_by_hand():
+    maps = scene_maps(
+        [[1.0, 0.5, 0.0, 0.2], [0.6, 0.0, 0.0, 0.1], [0.0, 0.0, 0.0, 0.3]],
+        [[0.4, 0.0, 0.0, 0.9], [0.0, 0.0, 0.0, 0.9], [0.0, 0.0, 0.0, 0.6]],
+        [[0.5, 0.0, 0.0, 0.5], [0.5, 0.0, 0.0, 0.5], [0.0, 0.0, 0.0, 0.0]],
+    )
+    sums = class_specificity(maps, SCENE_MASKS, SCENE_PRESENT)
+    assert tuple(sums) == SPECIFICITY_SUMS
+    # class 0: own (1.0 + 0.6) / 2 = 0.8, other (0.2 + 0.1 + 0.3) / 3 = 0.2
+    # class 1: own (0.9 + 0.9 + 0.6) / 3 = 0.8, other (0.4 + 0.0) / 2 = 0.2
+    # class 2 (absent): over the 5 item pixels (0.5 * 4) / 5 = 0.4; background pixels ignored
+    expected = {"own_sum": 1.6, "other_sum": 0.4, "pairs": 2, "absent_sum": 0.4, "absent_pairs": 1}
+    for key, value in expected.items():
+        assert sums[key].dtype == torch.float64 and sums[key].dim() == 0
+        assert sums[key].item() == pytest.approx(value), key
+    summary = summarise_class_specificity(sums)
+    assert summary["own"].item() == pytest.approx(0.8)
+    assert summary["other"].item() == pytest.approx(0.2)
+    assert summary["ratio"].item() == pytest.approx(4.0)
+    assert summary["absent"].item() == pytest.approx(0.4)
+    assert summary["pairs"].item() == 2 and summary["absent_pairs"].item() == 1
+    # multi-hot float labels mean the same as bool ones
+    again = class_specificity(maps, SCENE_MASKS, SCENE_PRESENT.float())
+    assert all(torch.equal(again[k], sums[k]) for k in SPECIFICITY_SUMS)
+
+
+def test_class_specificity_accumulates_over_batches_pairwise():
+    # batch 1: the scene above with own 1, other 0.5 for both classes
+    first = scene_maps(
+        [[1.0, 0.0, 0.0, 0.5], [1.0, 0.0, 0.0, 0.5], [0.0, 0.0, 0.0, 0.5]],
+        [[0.5, 0.0, 0.0, 1.0], [0.5, 0.0, 0.0, 1.0], [0.0, 0.0, 0.0, 1.0]],
+        torch.zeros(3, 4).tolist(),
+    )
+    # batch 2: the same scene, maps 0.25 on the own item and 0 elsewhere
+    second = SCENE_MASKS.float() * 0.25
+    a = class_specificity(first, SCENE_MASKS, SCENE_PRESENT)
+    b = class_specificity(second, SCENE_MASKS, SCENE_PRESENT)
+    summary = summarise_class_specificity(a, b)
+    # pairs: 4 (each pair weighs the same); own (1 + 1 + 0.25 + 0.25) / 4, other (0.5 * 2) / 4
+    assert summary["pairs"].item() == 4
+    assert summary["own"].item() == pytest.approx(0.625)
+    assert summary["other"].item() == pytest.approx(0.25)
+    assert summary["ratio"].item() == pytest.approx(2.5)
+    assert summary["absent"].item() == pytest.approx(0.0)
+    # one call on the concatenated batch gives the same sums
+    both = class_specificity(
+        torch.cat([first, second]), SCENE_MASKS.expand(2, -1, -1, -1), SCENE_PRESENT.expand(2, -1)
+    )
+    assert summarise_class_specificity(both) == summary
+
+
+def test_class_specificity_perfect_map_and_the_all_items_reference():
+    perfect = summarise_class_specificity(
+        class_specificity(SCENE_MASKS.float(), SCENE_MASKS, SCENE_PRESENT)
+    )
+    assert perfect["own"].item() == 1.0 and perfect["other"].item() == 0.0
+    assert perfect["ratio"].item() == math.inf  # documented: own > 0, other = 0
+    assert perfect["absent"].item() == 0.0
+    reference = all_items_maps(SCENE_MASKS, SCENE_PRESENT)
+    assert reference.shape == (1, 3, 3, 4) and reference.dtype == torch.float32
+    items = (SCENE[0] > 0).float()
+    assert torch.equal(reference[0, 0], items) and torch.equal(reference[0, 1], items)
+    assert not reference[0, 2].any()  # absent class: empty map
+    summary = summarise_class_specificity(class_specificity(reference, SCENE_MASKS, SCENE_PRESENT))
+    assert [summary[k].item() for k in ("own", "other", "ratio", "absent")] == [1.0, 1.0, 1.0, 0.0]
+    # its continuous IoU is |own item| / |all items|: 2 / 5 and 3 / 5
+    iou = continuous_iou(reference, SCENE_MASKS)[SCENE_PRESENT]
+    assert iou.tolist() == pytest.approx([2 / 5, 3 / 5])
+
+
+def test_class_specificity_without_pairs_is_nan():
+    # a single item in the scene: its class has no other items, so there is no pair
+    lonely = torch.tensor([[1, 1, 0], [0, 0, 0]])[None]
+    masks = class_masks(lonely, 2)
+    present = torch.tensor([[True, False]])
+    sums = class_specificity(torch.ones(1, 2, 2, 3), masks, present)
+    assert sums["pairs"].item() == 0 and sums["own_sum"].item() == 0.0
+    assert sums["absent_pairs"].item() == 1 and sums["absent_sum"].item() == 1.0
+    summary = summarise_class_specificity(sums)
+    assert all(math.isnan(summary[k].item()) for k in ("own", "other", "ratio"))
+    assert summary["absent"].item() == 1.0
+    # an empty scene (no items): no pairs and no absent pairs either
+    empty = summarise_class_specificity(
+        class_specificity(torch.ones(1, 2, 2, 3), torch.zeros_like(masks), present)
+    )
+    assert all(math.isnan(empty[k].item()) for k in ("own", "other", "ratio", "absent"))
+    # a present class without pixels forms no pair
+    ghost = class_specificity(torch.ones(1, 2, 2, 3), masks, torch.tensor([[True, True]]))
+    assert ghost["pairs"].item() == 0 and ghost["absent_pairs"].item() == 0
+
+
+def test_class_specificity_detaches_and_rejects_bad_shapes():
+    maps = torch.rand(1, 3, 3, 4, requires_grad=True)
+    sums = class_specificity(maps, SCENE_MASKS, SCENE_PRESENT)
+    assert not any(v.requires_grad for v in sums.values())
+    with pytest.raises(ValueError, match="one mask per map"):
+        class_specificity(maps, SCENE_MASKS[:, :1], SCENE_PRESENT)
+    with pytest.raises(ValueError, match="present"):
+        class_specificity(maps, SCENE_MASKS, SCENE_PRESENT[:, :2])
+    with pytest.raises(ValueError, match="present"):
+        all_items_maps(SCENE_MASKS, SCENE_PRESENT[0])
+    with pytest.raises(ValueError, match="at least one"):
+        summarise_class_specificity()
