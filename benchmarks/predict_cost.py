@@ -34,8 +34,8 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
 from common import (  # noqa: E402
-    environment,
     ensure_malloc_mmap_threshold,
+    environment,
     interleaved_times,
     markdown_table,
     peak_bytes,
