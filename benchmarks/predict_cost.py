@@ -96,7 +96,9 @@ def main(argv: list[str] | None = None) -> None:
         per_second = len(x) / seconds
         relative = "–" if unet is None else f"{unet / seconds:.2f}x"
         peak = peak_bytes(cases[name], device) / 2**20
-        rows.append([name, f"{seconds * 1000:.0f} ms", f"{per_second:.1f}", relative, f"{peak:.0f}"])
+        rows.append(
+            [name, f"{seconds * 1000:.0f} ms", f"{per_second:.1f}", relative, f"{peak:.0f}"]
+        )
         print(rows[-1], flush=True)
     env = environment(device)
     table = (
@@ -105,8 +107,13 @@ def main(argv: list[str] | None = None) -> None:
         f"{args.repeats} interleaved rounds; the heatmap segmenter kept {kept or 0:.1f} of "
         f"10 classes per image on average (`python benchmarks/predict_cost.py`).\n\n"
         + markdown_table(
-            ["model", "predict, batch", "images / s", "images / s relative to U-Net",
-             "peak memory (MiB)"],
+            [
+                "model",
+                "predict, batch",
+                "images / s",
+                "images / s relative to U-Net",
+                "peak memory (MiB)",
+            ],
             rows,
         )  # fmt: skip
     )
