@@ -230,15 +230,17 @@ class ExplanationMetrics:
         maps = self.maps(x, torch.ones_like(present))
         truth = class_masks(target, self.num_classes)
         t = self.threshold
-        self.values["mask_f1"].append(mask_f1(maps, truth, t)[present].cpu())
-        self.values["discrete_iou"].append(discrete_iou(maps, truth, t)[present].cpu())
-        self.values["continuous_iou"].append(continuous_iou(maps, truth)[present].cpu())
-        self.values["auc"].append(mask_auc(maps, truth)[present].cpu())
-        self.specificity.append(class_specificity(maps, truth, present))
         reference = all_items_maps(truth, present).to(maps.dtype)
-        self.reference["mask_f1"].append(mask_f1(reference, truth, t)[present].cpu())
-        self.reference["discrete_iou"].append(discrete_iou(reference, truth, t)[present].cpu())
-        self.reference["continuous_iou"].append(continuous_iou(reference, truth)[present].cpu())
+        metrics = {
+            "mask_f1": lambda m: mask_f1(m, truth, t),
+            "discrete_iou": lambda m: discrete_iou(m, truth, t),
+            "continuous_iou": lambda m: continuous_iou(m, truth),
+            "auc": lambda m: mask_auc(m, truth),
+        }
+        for store, scored in ((self.values, maps), (self.reference, reference)):
+            for key in store.keys() & metrics.keys():
+                store[key].append(metrics[key](scored)[present].cpu())
+        self.specificity.append(class_specificity(maps, truth, present))
         self.reference_specificity.append(class_specificity(reference, truth, present))
         image, cls = present.nonzero(as_tuple=True)
         saliency = saliency_metric(

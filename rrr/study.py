@@ -196,8 +196,8 @@ def images_per_second(checkpoint: Path, batch: int = 32, rounds: int = 3) -> flo
 class Study:
     """The grid's rows in ``csv_path`` and its run directories under ``runs``."""
 
-    def __init__(self, csv_path: Path, runs: Path, base: list[str], progress: bool = True) -> None:
-        self.csv_path, self.runs, self.base, self.progress = csv_path, runs, base, progress
+    def __init__(self, csv_path: Path, runs: Path, base: list[str]) -> None:
+        self.csv_path, self.runs, self.base = csv_path, runs, base
         self.commit = commit()
         self.failed: dict[Path, str] = {}  # shared pre-trainings that failed in this invocation
 
@@ -208,12 +208,9 @@ class Study:
         with self.csv_path.open(newline="") as handle:
             return list(csv.DictReader(handle))
 
-    def finished(self, retry_failed: bool = False) -> set[tuple[str, str, str]]:
-        return {
-            (r["method"], r["pixel_labels"], r["seed"])
-            for r in self.rows()
-            if not retry_failed or r["status"] == "ok"
-        }
+    def finished(self) -> set[tuple[str, str, str]]:
+        """``(method, pixel_labels, seed)`` of every row in the file, failed ones included."""
+        return {(r["method"], r["pixel_labels"], r["seed"]) for r in self.rows()}
 
     def drop(self, keep: Callable[[dict[str, str]], bool]) -> None:
         """Rewrite the file (atomically) with only the rows ``keep`` accepts."""
@@ -349,7 +346,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _labels(args.labels) if args.labels else list(QUICK_LABELS if args.quick else PIXEL_LABELS)
     )
     seeds = args.seeds if args.seeds is not None else ([0] if args.quick else list(SEEDS))
-    study = Study(args.csv, args.runs, base, args.progress)
+    study = Study(args.csv, args.runs, base)
     if args.rerun:
         study.drop(lambda r: r["method"] not in args.rerun)
     if args.retry_failed:

@@ -20,7 +20,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .study import METHODS, PIXEL_LABELS, ROOT
+from .study import METHODS, ROOT
 
 HEATMAP_METHODS = ("lrp", "gradcam", "input_x_gradient")
 BEGIN, END = "<!-- study:begin -->", "<!-- study:end -->"
@@ -146,9 +146,7 @@ def plot(rows: list[dict[str, str]], path: Path, key: str = "test_miou") -> None
     import matplotlib.pyplot as plt
 
     cells = summary(rows, key)
-    labels = [str(n) for n in PIXEL_LABELS if any(r["pixel_labels"] == str(n) for r in rows)]
-    labels += sorted({r["pixel_labels"] for r in rows} - set(labels), key=_label_key)
-    labels.sort(key=_label_key)
+    labels = sorted({r["pixel_labels"] for r in rows}, key=_label_key)
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
     for method in METHODS:
         xs = [i for i, n in enumerate(labels) if (method, n) in cells]
