@@ -13,8 +13,8 @@ GLIBC_MALLOC := MALLOC_MMAP_THRESHOLD_=1073741824 MALLOC_TRIM_THRESHOLD_=2147483
 
 $(STAMP): setup.cfg pyproject.toml
 	@test -d .venv || python3 -m venv .venv
-	$(PY) -m pip install --upgrade pip
-	$(PY) -m pip install -e '.[dev]'
+	$(PY) -m pip install --no-cache-dir --upgrade pip
+	$(PY) -m pip install --no-cache-dir -e '.[dev]'
 	@touch $(STAMP)
 
 data:
