@@ -177,7 +177,8 @@ class RunConfig:
         "deeplabv3_resnet50",
         "Explainer network (with --method explainer): deeplabv3_resnet50 (the paper's), "
         "lraspp_mobilenet_v3_large, fcn_resnet50, deeplabv3_resnet101, "
-        "deeplabv3_mobilenet_v3_large or small",
+        "deeplabv3_mobilenet_v3_large, small, or unet (a U-Net whose encoder is the --arch "
+        "classifier, initialised from its pre-trained weights)",
         metavar="ARCH",
         section="model",
     )

@@ -48,6 +48,7 @@ __all__ = [
     "get_loss",
     "heatmap_cross_entropy",
     "l1_loss",
+    "mask_bce_loss",
     "ppce_loss",
     "rrr_loss",
     "rrr_masked_loss",
@@ -430,6 +431,49 @@ def dice_loss(
     return 1 - dice.mean()
 
 
+def mask_bce_loss(maps: Tensor, masks: Tensor, valid: Tensor | None = None) -> Tensor:
+    r"""Binary cross-entropy of every class's mask against that class's pixels.
+
+    .. math::
+
+        L_k = -\frac{1}{|V_k|} \sum_{(h,w) \in V_k} \bigl( M_{k,hw} \log s_{k,hw}
+              + (1 - M_{k,hw}) \log (1 - s_{k,hw}) \bigr)
+
+    averaged over the valid maps, with :math:`s_k \in [0, 1]` the mask of class
+    k (an Explainer's sigmoid mask) and :math:`M_k` the pixels of class k. Unlike
+    the other guidance losses it is meant for *every* class of a pixel-labelled
+    image, absent ones included (``every_class``): an absent class's target is
+    all zeros, and a present class's mask is pushed off the items of the other
+    classes, which is what makes masks class-specific. The per-pixel binary
+    cross-entropy is the standard one (e.g. Long et al.'s FCN with sigmoid
+    outputs); applying it to every class of the Explainer is our construction.
+    ``log`` arguments are clamped to ``[1e-6, 1]``.
+
+    Args:
+        maps: ``(B, K, H, W)`` masks in ``[0, 1]``.
+        masks: bool, broadcastable to ``maps``.
+        valid: optional ``(B,)``, ``(B, K)`` or broadcastable bool.
+
+    Raises:
+        ValueError: maps outside ``[0, 1]`` (e.g. raw LRP maps: use another loss).
+    """
+    _check_maps(maps)
+    if bool((maps.detach() < 0).any() or (maps.detach() > 1).any()):
+        raise ValueError(
+            "mask_bce_loss: maps must lie in [0, 1] (sigmoid masks, e.g. the Explainer's)"
+        )
+    pixel_valid = _pixel_validity(valid, maps.shape, maps.device)
+    target = _region(masks, maps.shape, maps.device).to(maps.dtype)
+    eps = 1e-6
+    bce = -(target * maps.clamp_min(eps).log() + (1 - target) * (1 - maps).clamp_min(eps).log())
+    count = pixel_valid.sum(dim=(2, 3))
+    per_map = (bce * pixel_valid).sum(dim=(2, 3)) / _safe(count)
+    return _mean_over(per_map, count > 0, maps)
+
+
+mask_bce_loss.every_class = True  # type: ignore[attr-defined]
+
+
 # --------------------------------------------------------------------------- registry
 
 LOSSES: dict[str, Callable[..., Tensor]] = {
@@ -443,6 +487,8 @@ LOSSES: dict[str, Callable[..., Tensor]] = {
     "energy": energy_loss,
     "l1": l1_loss,
     "ppce": ppce_loss,
+    # every class's mask, absent classes included (masks in [0, 1]: the Explainer's)
+    "bce": mask_bce_loss,
 }
 """Loss functions by command-line name.
 

@@ -32,7 +32,13 @@ from .losses import (
     sparsity_loss,
     total_variation,
 )
-from .networks import ARCHITECTURES, SegmentationLogits, SmallExplainer, build_explainer
+from .networks import (
+    ARCHITECTURES,
+    ClassifierUNet,
+    SegmentationLogits,
+    SmallExplainer,
+    build_explainer,
+)
 from .training import (
     check_frozen,
     explainer_step,
@@ -42,6 +48,7 @@ from .training import (
 
 __all__ = [
     "ARCHITECTURES",
+    "ClassifierUNet",
     "ExplainerHeatmap",
     "ExplainerLoss",
     "ExplainerLossConfig",

@@ -9,7 +9,9 @@ is ``s_c = sigmoid(E(x)_c)``. The paper uses torchvision's DeepLabV3-ResNet50.
 (``weights=None`` always: the segmentation head is trained from scratch against
 the classifier, only the backbone may start from ImageNet weights) wrapped so
 that it returns the logits tensor instead of torchvision's ``{"out": ...}``
-dict, or :class:`SmallExplainer`, a tiny encoder-decoder for tests and CPU runs.
+dict; :class:`SmallExplainer`, a tiny encoder-decoder for tests and CPU runs; or
+:class:`ClassifierUNet`, a U-Net whose encoder starts from the explained
+classifier's own trained weights.
 """
 
 from __future__ import annotations
@@ -22,7 +24,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models import segmentation
 
-__all__ = ["ARCHITECTURES", "SegmentationLogits", "SmallExplainer", "build_explainer"]
+__all__ = [
+    "ARCHITECTURES",
+    "ClassifierUNet",
+    "SegmentationLogits",
+    "SmallExplainer",
+    "build_explainer",
+]
 
 
 class SegmentationLogits(nn.Module):
@@ -81,6 +89,67 @@ class SmallExplainer(nn.Module):
         return self.head(d1)
 
 
+class ClassifierUNet(nn.Module):
+    """A U-Net Explainer whose encoder is the explained classifier's network and weights.
+
+    The mask of class ``c`` must cover the items *of class c*, so the Explainer
+    has to tell the classes apart; the classifier it explains already does. This
+    Explainer is segmentation-models-pytorch's ``Unet`` with the encoder of the
+    same architecture as the classifier (``encoder_name``, e.g. ``"resnet18"``)
+    and a light decoder; :meth:`initialise_from` copies the classifier's trained
+    weights into the encoder (every encoder entry must match by name and shape,
+    which holds for the torchvision ResNet/ResNeXt/VGG/DenseNet encoders of
+    smp). The rrr Explainer segmenter calls it once, when the classifier is
+    frozen after pre-training; the ``initialised`` buffer is saved with the
+    weights, so a resumed run does not copy again over a trained encoder. Our
+    construction, not the paper's (which starts its DeepLabV3 from ImageNet).
+    Input sides must be multiples of 32 (five stride-2 stages).
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        encoder_name: str = "resnet18",
+        decoder_channels: tuple[int, ...] = (128, 64, 32, 16, 16),
+    ) -> None:
+        super().__init__()
+        import segmentation_models_pytorch as smp
+
+        self.net = smp.Unet(
+            encoder_name,
+            encoder_weights=None,
+            classes=num_classes,
+            decoder_channels=decoder_channels,
+        )
+        self.register_buffer("initialised", torch.tensor(False))
+
+    def initialise_from(self, classifier: nn.Module) -> None:
+        """Copy the classifier's weights into the encoder (name and shape must match).
+
+        Raises:
+            ValueError: an encoder entry without a same-named, same-shaped weight in
+                the classifier (another architecture than ``encoder_name``).
+        """
+        source = classifier.state_dict()
+        own = self.net.encoder.state_dict()
+        missing = [k for k, v in own.items() if k not in source or source[k].shape != v.shape]
+        if missing:
+            raise ValueError(
+                f"ClassifierUNet: the classifier has no weight of the same name and shape for "
+                f"{len(missing)} of the {len(own)} encoder entries (first: {missing[0]}); "
+                "encoder_name must be the classifier's architecture"
+            )
+        self.net.encoder.load_state_dict({k: source[k] for k in own})
+        self.initialised.fill_(True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.shape[-1] % 32 or x.shape[-2] % 32:
+            raise ValueError(
+                f"ClassifierUNet: image sides must be multiples of 32, got {tuple(x.shape[-2:])}"
+            )
+        return self.net(x)
+
+
 def _torchvision(builder: Callable[..., nn.Module], aux: bool) -> Callable[..., nn.Module]:
     def build(num_classes: int, backbone_weights: Any) -> nn.Module:
         kwargs: dict[str, Any] = {
@@ -104,7 +173,8 @@ ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
     "fcn_resnet50": _torchvision(segmentation.fcn_resnet50, aux=True),
     "lraspp_mobilenet_v3_large": _torchvision(segmentation.lraspp_mobilenet_v3_large, aux=False),
 }
-"""torchvision segmentation architectures by name (``"small"`` is :class:`SmallExplainer`)."""
+"""torchvision segmentation architectures by name (``"small"`` is :class:`SmallExplainer`,
+``"unet"`` :class:`ClassifierUNet`)."""
 
 
 def build_explainer(
@@ -118,14 +188,17 @@ def build_explainer(
     Args:
         arch: ``"deeplabv3_resnet50"`` (the paper's), ``"lraspp_mobilenet_v3_large"``
             (light), ``"fcn_resnet50"``, ``"deeplabv3_resnet101"``,
-            ``"deeplabv3_mobilenet_v3_large"`` or ``"small"`` (:class:`SmallExplainer`).
+            ``"deeplabv3_mobilenet_v3_large"``, ``"small"`` (:class:`SmallExplainer`) or
+            ``"unet"`` (:class:`ClassifierUNet`; pass ``encoder_name``, the classifier's
+            architecture, and call its ``initialise_from(classifier)``).
         num_classes: ``K``, the number of classes of the classifier to explain.
         backbone_weights: passed to torchvision as ``weights_backbone``: ``None``
             (random initialisation, the default: nothing is downloaded), ``"DEFAULT"``
             or a weights enum for an ImageNet-pretrained backbone (downloaded into the
             torch hub cache by torchvision). The segmentation head is always new
             (``weights=None``, ``aux_loss=False``).
-        **kwargs: passed to :class:`SmallExplainer` (``width``) for ``arch="small"``.
+        **kwargs: passed to :class:`SmallExplainer` (``width``) for ``arch="small"``
+            and to :class:`ClassifierUNet` (``encoder_name``) for ``arch="unet"``.
 
     Returns:
         A module whose output is the logits tensor; masks are ``sigmoid`` of it.
@@ -140,8 +213,12 @@ def build_explainer(
         if backbone_weights is not None:
             raise ValueError("build_explainer: the 'small' explainer has no pretrained backbone")
         return SmallExplainer(num_classes, **kwargs)
+    if arch == "unet":
+        if backbone_weights is not None:
+            raise ValueError("build_explainer: 'unet' starts from the classifier's weights")
+        return ClassifierUNet(num_classes, **kwargs)
     if arch not in ARCHITECTURES:
-        names = ", ".join(sorted([*ARCHITECTURES, "small"]))
+        names = ", ".join(sorted([*ARCHITECTURES, "small", "unet"]))
         raise ValueError(f"build_explainer: unknown arch {arch!r}; available: {names}")
     if kwargs:
         raise TypeError(f"build_explainer: unexpected options for {arch!r}: {sorted(kwargs)}")

@@ -39,6 +39,7 @@ import torch
 from torch import Tensor, nn
 
 from heatmaps.explainer import (
+    ClassifierUNet,
     ExplainerHeatmap,
     ExplainerLoss,
     build_explainer,
@@ -98,6 +99,11 @@ class ExplainerSegmenter(Segmenter):
         super().__init__()
         if gating not in ("predicted", "none"):
             raise ValueError(f"gating: expected 'predicted' or 'none', got {gating!r}")
+        if explainer == "unet":
+            raise ValueError(
+                "explainer 'unet': pass build_explainer('unet', num_classes, encoder_name=ARCH) "
+                "with ARCH the classifier's architecture (from_config does)"
+            )
         if isinstance(explainer, str):
             explainer = build_explainer(explainer, num_classes=num_classes)
         self.classifier = classifier
@@ -115,9 +121,12 @@ class ExplainerSegmenter(Segmenter):
         check_support("explainer", config.arch)
         if config.background != "constant":
             raise ValueError("--background neuron does not apply to --method explainer")
+        explainer: nn.Module | str = config.explainer
+        if explainer == "unet":
+            explainer = build_explainer("unet", num_classes, encoder_name=config.arch)
         return cls(
             build_classifier(config.arch, num_classes, config.weights),
-            config.explainer,
+            explainer,
             num_classes,
             gating=config.gating,
             threshold=config.threshold,
@@ -130,6 +139,9 @@ class ExplainerSegmenter(Segmenter):
         """Stage 2: classifier in ``eval()`` with ``requires_grad`` off, for good (idempotent)."""
         freeze_classifier(self.classifier)
         self.classifier_frozen = True
+        # a ClassifierUNet starts from the pre-trained classifier, once (not again on resume)
+        if isinstance(self.explainer, ClassifierUNet) and not bool(self.explainer.initialised):
+            self.explainer.initialise_from(self.classifier)
         return self
 
     def train(self, mode: bool = True) -> ExplainerSegmenter:

@@ -25,12 +25,16 @@ def segmentation_loss(
     ``ce`` and ``dice`` act on the segmentation logits (unlabelled pixels carry
     ``IGNORE_INDEX``); the guidance losses (``rrr``, ``rrr_star``, ``energy``,
     ``l1``, ``ppce``) act on the raw class maps of the present classes of the
-    pixel-labelled images.
+    pixel-labelled images; a loss marked ``every_class`` (``bce``) on the maps
+    of every class of those images, absent ones included, at their labelled pixels.
     """
     loss = get_loss(name)
     if name in SEGMENTATION_LOSSES:
         return loss(out.seg_logits, target, ignore_index=IGNORE_INDEX)
     masks = class_masks(target, out.maps.shape[1])
+    if getattr(loss, "every_class", False):
+        labelled = has_mask[:, None, None, None] & (target != IGNORE_INDEX)[:, None]
+        return loss(out.maps, masks, labelled)
     valid = has_mask[:, None] & present
     return loss(out.maps, masks, valid)
 
