@@ -503,3 +503,38 @@ def test_short_training_run_lowers_the_total_loss():
         explainer_step(explainer, classifier, x, y, loss, optimizer=optimizer)
     end = evaluate()
     assert end < 0.8 * start, (start, end)
+
+
+# ----------------------------------------------------------------- ClassifierUNet
+
+
+def test_classifier_unet_starts_from_the_classifier_once():
+    from heatmaps.explainer import ClassifierUNet
+    from rrr.segmenters import ExplainerSegmenter
+
+    torch.manual_seed(0)
+    classifier = torchvision.models.resnet18(num_classes=4)
+    unet = build_explainer("unet", 4, encoder_name="resnet18")
+    assert isinstance(unet, ClassifierUNet) and not bool(unet.initialised)
+    assert not torch.equal(unet.net.encoder.conv1.weight, classifier.conv1.weight)
+    segmenter = ExplainerSegmenter(classifier, unet, 4)
+    segmenter.freeze_classifier()
+    for name, value in unet.net.encoder.state_dict().items():
+        assert torch.equal(value, classifier.state_dict()[name]), name
+    assert bool(unet.initialised) and "explainer.initialised" in segmenter.state_dict()
+    # a second freeze (every step, and after a resume) must not copy over a trained encoder
+    with torch.no_grad():
+        unet.net.encoder.conv1.weight.add_(1.0)
+    segmenter.freeze_classifier()
+    assert not torch.equal(unet.net.encoder.conv1.weight, classifier.conv1.weight)
+    assert unet(torch.rand(1, 3, 32, 64)).shape == (1, 4, 32, 64)
+    with pytest.raises(ValueError, match="multiples of 32"):
+        unet(torch.rand(1, 3, 40, 64))
+
+
+def test_classifier_unet_refuses_another_architecture():
+    unet = build_explainer("unet", 4, encoder_name="resnet34")
+    with pytest.raises(ValueError, match="encoder entries"):
+        unet.initialise_from(torchvision.models.resnet18(num_classes=4))
+    with pytest.raises(ValueError, match="classifier's weights"):
+        build_explainer("unet", 4, backbone_weights="DEFAULT")

@@ -19,6 +19,7 @@ from rrr.losses import (
     get_loss,
     heatmap_cross_entropy,
     l1_loss,
+    mask_bce_loss,
     ppce_loss,
     rrr_loss,
     rrr_masked_loss,
@@ -415,7 +416,7 @@ def test_segmentation_loss_rejects_bad_targets(loss):
 
 
 def test_registry_names_and_lookup():
-    assert set(LOSSES) == {"ce", "rrr", "rrr_star", "energy", "l1", "ppce", "dice"}
+    assert set(LOSSES) == {"ce", "rrr", "rrr_star", "energy", "l1", "ppce", "dice", "bce"}
     assert SEGMENTATION_LOSSES <= set(LOSSES)
     assert get_loss("energy") is energy_loss
     with pytest.raises(ValueError, match="rrr_star"):
@@ -430,7 +431,65 @@ def test_every_registered_loss_gives_scalar_with_gradient(name):
         value = loss(inputs, torch.randint(0, 4, (2, 5, 5)))
     else:
         inputs = torch.randn(2, 3, 5, 5, requires_grad=True)
-        value = loss(inputs, torch.rand(2, 3, 5, 5) > 0.5, torch.ones(2, 3, dtype=torch.bool))
+        maps = inputs.sigmoid() if name == "bce" else inputs  # bce takes masks in [0, 1]
+        value = loss(maps, torch.rand(2, 3, 5, 5) > 0.5, torch.ones(2, 3, dtype=torch.bool))
     assert value.dim() == 0
     value.backward()
     assert torch.isfinite(inputs.grad).all() and inputs.grad.abs().sum() > 0
+
+
+# ----------------------------------------------------------------- mask binary cross-entropy
+
+
+def slow_mask_bce(maps, masks, valid):
+    """Per map: mean over valid pixels of -(y log s + (1 - y) log(1 - s)); mean over maps."""
+    per_map = []
+    for b in range(maps.shape[0]):
+        for k in range(maps.shape[1]):
+            terms = []
+            for i in range(maps.shape[2]):
+                for j in range(maps.shape[3]):
+                    if not valid[b, k, i, j]:
+                        continue
+                    s, y = float(maps[b, k, i, j]), float(masks[b, k, i, j])
+                    terms.append(
+                        -(y * math.log(max(s, 1e-6)) + (1 - y) * math.log(max(1 - s, 1e-6)))
+                    )
+            if terms:
+                per_map.append(_mean(terms))
+    return _mean(per_map) if per_map else 0.0
+
+
+@pytest.mark.parametrize("valid_kind", ["none", "maps", "pixels"])
+def test_mask_bce_matches_textbook(valid_kind):
+    maps, masks, valid = random_case(seed=13, valid_kind=valid_kind)
+    probabilities = maps.sigmoid()
+    expected = slow_mask_bce(probabilities, masks, expanded(valid, maps.shape))
+    got = mask_bce_loss(probabilities, masks, valid).item()
+    assert got == pytest.approx(expected, rel=1e-12)
+
+
+def test_mask_bce_hand_computed_and_refuses_raw_maps():
+    maps = torch.tensor([[[[0.5, 0.25]]]], dtype=torch.float64)
+    masks = torch.tensor([[[[True, False]]]])
+    expected = (-math.log(0.5) - math.log(0.75)) / 2
+    assert mask_bce_loss(maps, masks).item() == pytest.approx(expected)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        mask_bce_loss(maps * 3, masks)
+
+
+def test_mask_bce_is_applied_to_every_class_of_labelled_images():
+    """Absent classes' masks count (target all zero); unlabelled images do not."""
+    from types import SimpleNamespace
+
+    from rrr.segmenters.objective import segmentation_loss
+
+    maps = torch.full((2, 2, 1, 2), 0.5, dtype=torch.float64)
+    maps[0, 1] = 0.75  # class 1 is absent from image 0: its mask should be 0
+    target = torch.tensor([[[1, 0]], [[2, 2]]])  # image 0: class 0 and background
+    present = torch.tensor([[True, False], [False, True]])
+    out = SimpleNamespace(maps=maps, seg_logits=None)
+    got = segmentation_loss("bce", out, target, torch.tensor([True, False]), present)
+    class0 = (-math.log(0.5) - math.log(0.5)) / 2
+    class1 = -math.log(0.25)  # absent: both pixels target 0 at 0.75
+    assert got.item() == pytest.approx((class0 + class1) / 2)
