@@ -41,6 +41,19 @@ VARIANTS: dict[str, list[str]] = {
     "paper-unet": ["--explainer", "unet", "--seg-weight", "0"],
     "ce-unet": ["--explainer", "unet", "--seg-weight", "1", "--loss", "ce"],
     "bce-unet": ["--explainer", "unet", "--seg-weight", "1", "--loss", "bce"],
+    # the same at the authors' learning rate (1e-3 saturated every mask of the U-Net at 1)
+    "paper-unet-lr1e-4": ["--explainer", "unet", "--seg-weight", "0", "--lr", "1e-4"],
+    "ce-unet-lr1e-4": ["--explainer", "unet", "--seg-weight", "1", "--loss", "ce", "--lr", "1e-4"],
+    "bce-unet-lr1e-4": [
+        "--explainer",
+        "unet",
+        "--seg-weight",
+        "1",
+        "--loss",
+        "bce",
+        "--lr",
+        "1e-4",
+    ],
 }
 KEYS = ("own", "other", "ratio", "absent", "continuous_iou")
 
