@@ -31,29 +31,26 @@ RUNS = ROOT / "runs" / "explainer_specificity"
 
 STAGE = ["--model", "explainer", "--lr", "1e-3", "--epochs", "3"]
 VARIANTS: dict[str, list[str]] = {
-    # the paper's loss only, the small Explainer (the study's network)
-    "paper-small": ["--explainer", "small", "--seg-weight", "0"],
-    # + the pixel term as the study runs it: cross-entropy gated by the true labels
-    "ce-small": ["--explainer", "small", "--seg-weight", "1", "--loss", "ce"],
-    # + the pixel term on every class's mask, absent classes included
-    "bce-small": ["--explainer", "small", "--seg-weight", "1", "--loss", "bce"],
-    # a U-Net Explainer whose encoder starts from the pre-trained classifier
-    "paper-unet": ["--explainer", "unet", "--seg-weight", "0"],
-    "ce-unet": ["--explainer", "unet", "--seg-weight", "1", "--loss", "ce"],
-    "bce-unet": ["--explainer", "unet", "--seg-weight", "1", "--loss", "bce"],
-    # the same at the authors' learning rate (1e-3 saturated every mask of the U-Net at 1)
-    "paper-unet-lr1e-4": ["--explainer", "unet", "--seg-weight", "0", "--lr", "1e-4"],
-    "ce-unet-lr1e-4": ["--explainer", "unet", "--seg-weight", "1", "--loss", "ce", "--lr", "1e-4"],
-    "bce-unet-lr1e-4": [
-        "--explainer",
-        "unet",
-        "--seg-weight",
-        "1",
-        "--loss",
-        "bce",
-        "--lr",
-        "1e-4",
-    ],
+    name: options.split()
+    for name, options in {
+        # the paper's loss only, the small Explainer (the study's network)
+        "paper-small": "--explainer small --seg-weight 0",
+        # + the pixel term as the study runs it: cross-entropy gated by the true labels
+        "ce-small": "--explainer small --seg-weight 1 --loss ce",
+        # + the pixel term on every class's mask, absent classes included
+        "bce-small": "--explainer small --seg-weight 1 --loss bce",
+        # a U-Net Explainer whose encoder starts from the pre-trained classifier
+        "paper-unet": "--explainer unet --seg-weight 0",
+        "ce-unet": "--explainer unet --seg-weight 1 --loss ce",
+        "bce-unet": "--explainer unet --seg-weight 1 --loss bce",
+        # the same at the authors' learning rate (1e-3 saturated every mask of the U-Net at 1)
+        "paper-unet-lr1e-4": "--explainer unet --seg-weight 0 --lr 1e-4",
+        "ce-unet-lr1e-4": "--explainer unet --seg-weight 1 --loss ce --lr 1e-4",
+        "bce-unet-lr1e-4": "--explainer unet --seg-weight 1 --loss bce --lr 1e-4",
+        # five times the pixel term; three times the steps (1,125)
+        "bce5-unet-lr1e-4": "--explainer unet --seg-weight 5 --loss bce --lr 1e-4",
+        "bce-unet-lr1e-4-long": "--explainer unet --seg-weight 1 --loss bce --lr 1e-4 --epochs 9",
+    }.items()
 }
 KEYS = ("own", "other", "ratio", "absent", "continuous_iou")
 
