@@ -35,6 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from . import registry
+from .double_backward import check_second_derivative, twice_differentiable
 from .targets import ResolvedTargets, TargetsLike, resolve_targets
 
 
@@ -413,11 +414,17 @@ class Heatmap(nn.Module):
                 backend's own refusal (e.g. LRP on train-mode BatchNorm).
             FloatingPointError: the maps are non-finite although the input is
                 finite.
+            NotImplementedError: with ``create_graph=True``, the maps' graph
+                needs a second derivative PyTorch lacks, in a layer that
+                :mod:`heatmaps.double_backward` does not substitute (the error
+                names it).
         """
         check_grad_mode(create_graph)
         x = check_input(x, finite=self.check_finite)
         check_model_input(self.model, x)
-        with preserved_state(self.model), self._attached(x):
+        # second derivatives through every layer, for the call only (heatmaps.double_backward)
+        twice = twice_differentiable() if create_graph else contextlib.nullcontext()
+        with preserved_state(self.model), twice, self._attached(x):
             frozen = not any(p.requires_grad for p in self.model.parameters())
             if x.requires_grad or not (self.needs_input_grad or frozen):
                 x_in = x
@@ -427,6 +434,8 @@ class Heatmap(nn.Module):
                 logits = check_logits(run_classifier(self.model, x_in), x.shape[0])
                 resolved = resolve_targets(targets, logits)
                 maps = self._maps_for(x_in, logits, resolved, create_graph)
+                if create_graph:
+                    check_second_derivative(maps, self.model, x_in, type(self).__name__)
         if self.check_finite:
             check_maps(maps, type(self).__name__)
         if not create_graph:

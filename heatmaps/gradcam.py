@@ -28,9 +28,11 @@ import torch.nn.functional as F
 from captum.attr import LayerGradCam
 from torch import Tensor, nn
 
-from .base import Heatmap
+from .base import Heatmap, batched_input_grad, one_hot_grad_outputs
+from .feature_grid import LAYOUTS, family_target_layer, resolve_layout, to_grid
 
-_EXCLUDED = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Flatten, nn.Dropout)
+_GLOBAL_POOLS = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
+_EXCLUDED = (*_GLOBAL_POOLS, nn.Flatten, nn.Dropout)
 
 
 #: the modes that take ``align_corners`` (the others refuse it)
@@ -59,21 +61,55 @@ def _check_mode(mode: str) -> str:
     return mode
 
 
+def _is_gate(pool: str, shapes: dict[str, tuple[tuple[int, ...], tuple[int, ...]]]) -> bool:
+    """Whether a global pool computes a gate (squeeze-excitation), not the classifier's input.
+
+    A gate's pool sits in a block that returns a map shaped like its input.
+    """
+    parent = pool.rpartition(".")[0]
+    return bool(parent) and parent in shapes and shapes[parent][0] == shapes[parent][1]
+
+
 def find_target_layer(model: nn.Module, x: Tensor) -> tuple[str, nn.Module]:
-    """The last module producing a 4-D feature map, found on one forward pass.
+    """The Grad-CAM layer: the last module producing a 4-D feature map, found on one forward pass.
 
     Among modules returning the same tensor (a block and its last child), the
     outermost one is chosen, e.g. ``layer4`` of a ResNet or ``features`` of a
-    VGG, DenseNet, MobileNet or EfficientNet. Global pools are skipped.
+    VGG, DenseNet, MobileNet or EfficientNet (the last one run among equally
+    deep ones, e.g. SqueezeNet's final ReLU rather than the convolution it
+    overwrites in place). Global pools, and everything finishing after the
+    classifier's global pool has started (a classifier block holding it,
+    ConvNeXt's LayerNorm on the pooled features), are skipped; pools computing
+    squeeze-excitation gates (see :func:`_is_gate`) do not count. Families whose last feature
+    map is the wrong layer have their own (:func:`heatmaps.feature_grid.family_target_layer`:
+    ViT's tokens before the last attention).
+
+    Raises:
+        ValueError: no feature map, or one followed by token layers ``(B, T, C)``
+            (a transformer of a family not known here: pass ``layer=``).
     """
-    seen: list[tuple[str, nn.Module, Tensor]] = []
     names = {module: name for name, module in model.named_modules() if name}
+    family = family_target_layer(model)
+    if family is not None:
+        return family, dict(model.named_modules())[family]
+    outputs: list[tuple[str, nn.Module, Tensor]] = []  # in the order the modules finish
+    shapes: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {}  # name: (input, output)
+    pools: list[tuple[int, str]] = []  # global pools: (outputs finished before it, name)
+
+    def pre_hook(module: nn.Module, args: tuple) -> None:
+        if isinstance(module, _GLOBAL_POOLS):
+            pools.append((len(outputs), names[module]))
+        if args and isinstance(args[0], Tensor):
+            shapes[names[module]] = (tuple(args[0].shape), ())
 
     def hook(module: nn.Module, args: tuple, out: object) -> None:
-        if isinstance(out, Tensor) and out.ndim == 4 and not isinstance(module, _EXCLUDED):
-            seen.append((names[module], module, out))
+        if isinstance(out, Tensor) and not isinstance(module, _EXCLUDED):
+            outputs.append((names[module], module, out))
+            if names[module] in shapes:
+                shapes[names[module]] = (shapes[names[module]][0], tuple(out.shape))
 
     handles = [m.register_forward_hook(hook) for m in names]
+    handles += [m.register_forward_pre_hook(pre_hook) for m in names]
     modes = [(m, m.training) for m in model.modules()]
     try:
         model.eval()  # no BatchNorm statistics update by this probing pass; restored below
@@ -84,6 +120,8 @@ def find_target_layer(model: nn.Module, x: Tensor) -> tuple[str, nn.Module]:
             handle.remove()
         for module, training in modes:
             module.training = training
+    end = min([at for at, pool in pools if not _is_gate(pool, shapes)], default=len(outputs))
+    seen = [item for item in outputs[:end] if item[2].ndim == 4]
     if not seen:
         raise ValueError(
             "GradCAMHeatmap: the model has no module producing a (B, C, h, w) feature map; "
@@ -91,7 +129,17 @@ def find_target_layer(model: nn.Module, x: Tensor) -> tuple[str, nn.Module]:
         )
     last = seen[-1][2]
     candidates = [(name, module) for name, module, out in seen if out is last]
-    return min(candidates, key=lambda item: item[0].count("."))
+    name, module = min(reversed(candidates), key=lambda item: item[0].count("."))
+    finished = max(i for i, item in enumerate(outputs[:end]) if item[2] is last)
+    later = [item[0] for item in outputs[finished:end] if item[2].ndim == 3]
+    if later:
+        raise ValueError(
+            f"GradCAMHeatmap: the last (B, C, h, w) feature map ({name!r}, "
+            f"{type(module).__name__}) is followed by token layers (B, tokens, C) such as "
+            f"{later[-1]!r}; pass layer= the token layer to explain (its patch tokens are "
+            "reshaped to a grid)"
+        )
+    return name, module
 
 
 class GradCAMHeatmap(Heatmap):
@@ -107,6 +155,12 @@ class GradCAMHeatmap(Heatmap):
             verified to be average pooling + linear; ``False`` always uses captum.
         mode: interpolation to the input size (``"bilinear"`` as in the paper);
             any ``F.interpolate`` mode for 4-D maps, checked when the backend is built.
+        layout: how the layer's output holds the feature map: ``"nchw"``,
+            ``"nhwc"`` (channels last, Swin's stages) or ``"tokens"`` (ViT:
+            ``(B, 1 + h w, C)``, see :func:`heatmaps.feature_grid.tokens_to_grid`);
+            ``"auto"`` takes 4-D outputs as ``"nchw"`` and 3-D ones as tokens.
+            Other than ``"nchw"``, the maps are computed here from the call's
+            own forward pass (one backward pass to the layer, no captum).
     """
 
     name = "gradcam"
@@ -119,6 +173,7 @@ class GradCAMHeatmap(Heatmap):
         relu: bool = True,
         closed_form: str | bool = "auto",
         mode: str = "bilinear",
+        layout: str = "auto",
     ) -> None:
         super().__init__(model)
         if isinstance(layer, str):
@@ -131,13 +186,17 @@ class GradCAMHeatmap(Heatmap):
         if closed_form not in ("auto", False):
             raise ValueError(f"closed_form: expected 'auto' or False, got {closed_form!r}")
         _check_mode(mode)
+        if layout not in LAYOUTS:
+            raise ValueError(f"layout: expected one of {', '.join(LAYOUTS)}, got {layout!r}")
+        self.layout = layout
         self._layer = layer
         self.relu = relu
         self.closed_form = closed_form
         self.mode = mode
         self._head: nn.Linear | None = None
         self._activations: list[Tensor] = []
-        #: how the last call computed its maps: ``"closed_form"`` or ``"captum"``
+        #: how the last call computed its maps: ``"closed_form"``, ``"captum"`` or ``"grid"``
+        #: (a token or channels-last layer, see ``layout``)
         self.last_path: str | None = None
 
     @property
@@ -193,8 +252,12 @@ class GradCAMHeatmap(Heatmap):
 
     def _attribute(self, x: Tensor, logits: Tensor, index: Tensor, create_graph: bool) -> Tensor:
         activations = self._activations[-1] if self._activations else None
-        head = self._closed_form_head(activations, logits) if activations is not None else None
-        if head is not None:
+        layout = "nchw" if activations is None else resolve_layout(self.layout, activations)
+        head = self._closed_form_head(activations, logits) if layout == "nchw" else None
+        if layout != "nchw":
+            self.last_path = "grid"
+            cams = self._grid_cams(activations, layout, logits, index, create_graph)
+        elif head is not None:
             self.last_path = "closed_form"
             # d y_c / d A_kij = W_ck / (h w) for every position: no backward pass needed
             weights = head.weight[index] / (activations.shape[2] * activations.shape[3])
@@ -205,6 +268,23 @@ class GradCAMHeatmap(Heatmap):
         if self.relu:
             cams = F.relu(cams)
         return _resize(cams, x.shape[-2:], self.mode)
+
+    def _grid_cams(
+        self, activations: Tensor, layout: str, logits: Tensor, index: Tensor, create_graph: bool
+    ) -> Tensor:
+        """Grad-CAM on the grid of a token or channels-last layer, from the call's forward pass."""
+        if not activations.requires_grad:
+            raise ValueError(
+                "GradCAMHeatmap: the target layer's output does not depend on anything that "
+                "requires grad; unfreeze the layers up to it or pass an input with requires_grad"
+            )
+        grads = batched_input_grad(
+            logits, activations, one_hot_grad_outputs(logits, index), create_graph
+        )
+        grid = to_grid(activations, layout)  # (B, C, h, w)
+        grad_grid = to_grid(grads.flatten(0, 1), layout).unflatten(0, grads.shape[:2])
+        alpha = grad_grid.mean(dim=(-2, -1))  # (K, B, C): eq. 1 of the paper
+        return torch.einsum("kbc,bchw->bkhw", alpha, grid)
 
     def _captum_cams(self, x: Tensor, index: Tensor, create_graph: bool) -> Tensor:
         method = LayerGradCam(self.model, self._layer)

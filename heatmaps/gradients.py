@@ -29,6 +29,8 @@ from typing import Any
 import torch
 from captum._utils.common import _run_forward
 from captum.attr import InputXGradient, IntegratedGradients, Saliency
+from captum.attr._utils.approximation_methods import approximation_parameters
+from captum.attr._utils.common import _format_input_baseline
 from torch import Tensor, nn
 
 from .base import Heatmap, check_channel_reduction, reduce_channels
@@ -123,7 +125,9 @@ class IntegratedGradientsHeatmap(_CaptumGradientHeatmap):
     Args:
         n_steps: quadrature points of the path integral.
         baseline: the reference input value ``x'`` (a float or a tensor broadcastable to x).
-        internal_batch_size: chunk size of the ``n_steps * B`` path evaluations.
+        internal_batch_size: chunk size of the ``n_steps * B`` path evaluations (at least
+            one quadrature step per chunk); the chunks' attributions are summed with their
+            graphs, so the maps stay differentiable (captum's own chunking detaches them).
     """
 
     name = "integrated_gradients"
@@ -139,6 +143,10 @@ class IntegratedGradientsHeatmap(_CaptumGradientHeatmap):
         super().__init__(model, channel_reduction)
         if n_steps < 1:
             raise ValueError(f"n_steps: expected >= 1, got {n_steps}")
+        if internal_batch_size is not None and internal_batch_size < 1:
+            raise ValueError(
+                f"internal_batch_size: expected >= 1 or None, got {internal_batch_size}"
+            )
         self.n_steps = n_steps
         self.baseline = baseline
         self.internal_batch_size = internal_batch_size
@@ -147,13 +155,27 @@ class IntegratedGradientsHeatmap(_CaptumGradientHeatmap):
         return IntegratedGradients(self.model)
 
     def _call_method(self, method: Any, x: Tensor, target: Tensor) -> Tensor:
-        return method.attribute(
-            x,
-            baselines=self.baseline,
-            target=target,
-            n_steps=self.n_steps,
-            internal_batch_size=self.internal_batch_size,
-        )
+        if self.internal_batch_size is None:
+            return method.attribute(x, baselines=self.baseline, target=target, n_steps=self.n_steps)
+        # captum's own chunking (``_batch_attribution``) adds the chunks' attributions detached,
+        # which cuts the graph of all chunks but the first; the same chunks, summed with their graphs
+        baselines = _format_input_baseline((x,), self.baseline)[1]
+        sizes, alphas = approximation_parameters("gausslegendre")
+        sizes, alphas = sizes(self.n_steps), alphas(self.n_steps)
+        step = max(1, self.internal_batch_size // x.shape[0])
+        total = 0
+        for start in range(0, self.n_steps, step):
+            chunk = slice(start, min(start + step, self.n_steps))
+            (attribution,) = method._attribute(
+                inputs=(x,),
+                baselines=baselines,
+                target=target,
+                n_steps=len(sizes[chunk]),
+                method="gausslegendre",
+                step_sizes_and_alphas=(sizes[chunk], alphas[chunk]),
+            )
+            total = total + attribution
+        return total
 
 
 class SmoothGradHeatmap(_CaptumGradientHeatmap):

@@ -7,11 +7,38 @@ from pathlib import Path
 import torchvision
 from torch import nn
 
-# families whose layers LRP rules and canonizers cover (convolutions, linear
-# layers, ReLU, pooling, BatchNorm after a linear layer, ResNet residual sums)
-LRP_FAMILIES = ("resnet", "resnext", "wide_resnet", "vgg", "alexnet")
-# Grad-CAM needs an NCHW feature map; transformers keep tokens
-NO_FEATURE_MAP = ("vit_", "swin_", "maxvit")
+# families whose layers and functional operations LRP rules and canonizers cover, each
+# checked in tests/test_lrp_families.py or tests/test_reference.py (finite differences,
+# conservation, zennit): convolutions, linear layers, pooling, BatchNorm (merged, or the
+# epsilon rule before a convolution), activations (pass rule), residual sums,
+# concatenations, squeeze-excitation gates; docs/concepts/lrp_rules.md
+LRP_FAMILIES = (
+    "resnet",
+    "resnext",
+    "wide_resnet",
+    "vgg",
+    "alexnet",
+    "mobilenet_v2",
+    "mobilenet_v3",
+    "efficientnet_b",
+    "densenet",
+    "regnet",
+    "shufflenet",
+    "squeezenet",
+    "googlenet",
+    "mnasnet",
+)
+
+
+# what LRP lacks for the families it refuses (by the architecture's first word)
+_LRP_MISSING = {
+    "vit": " (no LRP rule for LayerNorm and MultiheadAttention)",
+    "swin": " (no LRP rule for LayerNorm and ShiftedWindowAttention)",
+    "maxvit": " (no LRP rule for LayerNorm and the attention blocks)",
+    "convnext": " (no LRP rule for LayerNorm2d and CNBlock's layer scale)",
+    "efficientnet": " (EfficientNet-V2's FusedMBConv blocks are not yet verified for LRP)",
+    "inception": " (Inception-v3 is not yet verified for LRP)",
+}
 
 
 def classification_architectures() -> list[str]:
@@ -27,14 +54,11 @@ def check_support(method: str, arch: str) -> None:
             "(see torchvision.models.list_models(module=torchvision.models))"
         )
     if method == "lrp" and not arch.startswith(LRP_FAMILIES):
+        missing = _LRP_MISSING.get(arch.split("_")[0].rstrip("0123456789"), "")
         raise ValueError(
-            f"--method lrp does not support --arch {arch}: LRP rules and canonizers cover the "
-            f"{', '.join(LRP_FAMILIES)} families; use --method gradcam or saliency for {arch}"
-        )
-    if method == "gradcam" and arch.startswith(NO_FEATURE_MAP):
-        raise ValueError(
-            f"--method gradcam does not support --arch {arch}: it has no (B, C, h, w) feature map; "
-            "use --method saliency"
+            f"--method lrp does not support --arch {arch}{missing}: LRP rules and canonizers "
+            f"cover the {', '.join(LRP_FAMILIES)} families; use --method gradcam or saliency "
+            f"for {arch}"
         )
 
 

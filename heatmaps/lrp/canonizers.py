@@ -52,14 +52,26 @@ def _merge_recipe(weight: Tensor, scale: Tensor, index: tuple) -> Callable[[], T
     return lambda: weight * scale[index]
 
 
+def _output_channels(linear: nn.Module) -> int:
+    """Output channels of a convolution, transposed convolution or linear layer."""
+    weight = linear.weight
+    if isinstance(linear, ConvolutionTranspose):
+        return weight.shape[1] * getattr(linear, "groups", 1)
+    return weight.shape[0]
+
+
 class FunctionalMergeBatchNorm(Canonizer):
     """Merge BatchNorms into their preceding linear layers without writing parameters.
 
     Args:
         name_map: optional ``[((linear_name, ...), batch_norm_name), ...]`` as in
             zennit's ``NamedMergeBatchNorm``. Without it, every BatchNorm that
-            directly follows a convolution or linear layer in module order is
-            merged (zennit's ``SequentialMergeBatchNorm`` convention).
+            directly follows a convolution or linear layer with as many output
+            channels in module order is merged (zennit's
+            ``SequentialMergeBatchNorm`` convention); :class:`~heatmaps.lrp.LRPHeatmap`
+            replaces that guess by the pairs the data flow of its first call shows
+            (module order is not data flow: DenseNet's BatchNorm reads a
+            concatenation, not the convolution before it).
     """
 
     def __init__(self, name_map: Sequence[tuple[Sequence[str], str]] | None = None) -> None:
@@ -82,7 +94,11 @@ class FunctionalMergeBatchNorm(Canonizer):
             pairs = []
             last = None
             for leaf in collect_leaves(root_module):
-                if isinstance(last, LinearLike) and isinstance(leaf, BatchNorm):
+                if (
+                    isinstance(last, LinearLike)
+                    and isinstance(leaf, BatchNorm)
+                    and _output_channels(last) == leaf.num_features
+                ):
                     pairs.append(([last], leaf))
                 last = leaf
         instances = []

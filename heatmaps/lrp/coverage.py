@@ -11,11 +11,10 @@ layers from the model's modules, after the canonizers are applied (merged
 BatchNorms compute the identity, ResNet blocks gain their ``ResidualSum``).
 
 What module-level inspection cannot see: operations a module's ``forward``
-calls functionally (``x + y``, ``torch.cat``, ``x * s``, ``F.relu``) are not
-modules, so no hook sees them and they pass relevance as their gradient.
-torchvision's ResNet residual addition is made a module by the canonizers;
-DenseNet's concatenations and ``F.relu``, MobileNet's residual additions or a
-squeeze-excitation product are not detected.
+calls functionally (``x + y``, ``torch.cat``, ``x * s``, ``F.layer_norm``).
+Those are found by a probe forward pass on the first call
+(:mod:`heatmaps.lrp.functional`): the ones with a treatment get gates, the
+others are refused by name (:func:`functional_message`).
 
 :func:`check_batchnorm_frozen` refuses BatchNorm layers in training mode: the
 canonizers merge a BatchNorm with its *running* statistics, so the maps and
@@ -31,6 +30,8 @@ from dataclasses import dataclass
 from torch import nn
 
 from .canonizers import _identity
+from .functional import FunctionalFinding
+from .registry import Refusal
 
 try:  # torchvision's parameter-free routing layers (ConvNeXt, Swin, EfficientNet)
     from torchvision.ops import StochasticDepth
@@ -101,19 +102,37 @@ def unsupported_layers(
       BatchNorm whose ``forward`` is the identity); or
     * it is a leaf (no child modules) that is not in :data:`PASS_THROUGH`.
 
-    Containers without parameters are not inspected themselves; their children are.
+    A module whose rule is a :class:`~heatmaps.lrp.registry.Refusal` is not
+    covered, for the refusal's reason. Containers without parameters are not
+    inspected themselves; their children are (an empty ``Sequential`` is the
+    identity). Layers come first, then containers, each in module order, so
+    the first one names the layer type that lacks a rule.
     """
     uncovered = []
+    containers = []
     for name, module, rule in named_rules:
+        if isinstance(rule, Refusal):
+            uncovered.append(UncoveredLayer(name, type(module).__name__, rule.reason))
+            continue
         if rule is not None or module.__dict__.get("forward") is _identity:
             continue
+        leaf = next(module.children(), None) is None
         if next(module.parameters(recurse=False), None) is not None:
-            uncovered.append(UncoveredLayer(name, type(module).__name__, "has parameters"))
-        elif next(module.children(), None) is None and not isinstance(module, PASS_THROUGH):
+            found = UncoveredLayer(name, type(module).__name__, "has parameters")
+            (uncovered if leaf else containers).append(found)
+        elif leaf and not isinstance(module, PASS_THROUGH) and not _empty_sequential(module):
             uncovered.append(
                 UncoveredLayer(name, type(module).__name__, "is not known to pass relevance")
             )
-    return uncovered
+    return uncovered + containers
+
+
+def _empty_sequential(module: nn.Module) -> bool:
+    return isinstance(module, (nn.Sequential, nn.ModuleList)) and len(module) == 0
+
+
+def _type_names(uncovered: Sequence[UncoveredLayer]) -> str:
+    return ", ".join(dict.fromkeys(layer.type_name for layer in uncovered))
 
 
 def uncovered_message(uncovered: Sequence[UncoveredLayer], composite: str) -> str:
@@ -122,9 +141,32 @@ def uncovered_message(uncovered: Sequence[UncoveredLayer], composite: str) -> st
     more = f" (and {len(uncovered) - 1} more)" if len(uncovered) > 1 else ""
     return (
         f"LRPHeatmap: layer {first.describe()} has no rule in composite {composite!r}{more}; "
-        "relevance would cross it as a plain gradient, so the maps would not be LRP; use a "
+        f"backend 'lrp' has no rule for layer type(s) {_type_names(uncovered)}; "
+        "relevance would cross them as a plain gradient, so the maps would not be LRP; use a "
         "composite with rules for it, another backend (e.g. 'gradcam'), or "
         "LRPHeatmap(..., unsupported='warn') to accept the gradient there"
+    )
+
+
+def functional_message(findings: Sequence[FunctionalFinding], composite: str) -> str:
+    """One line naming the first function LRP cannot treat, how many there are, and the ways out."""
+    first = findings[0]
+    more = f" (and {len(findings) - 1} more)" if len(findings) > 1 else ""
+    names = ", ".join(dict.fromkeys(f.function for f in findings))
+    return (
+        f"LRPHeatmap: function {first.describe()} (composite {composite!r}){more}; backend "
+        f"'lrp' cannot treat function(s) {names}; relevance would cross them as a plain "
+        "gradient, so the maps would not be LRP; use another backend (e.g. 'gradcam'), or "
+        "LRPHeatmap(..., unsupported='warn') to accept the gradient there"
+    )
+
+
+def functional_warning(findings: Sequence[FunctionalFinding], composite: str) -> str:
+    """One line listing every function LRP cannot treat, for ``unsupported="warn"``."""
+    return (
+        f"LRPHeatmap: {len(findings)} function call(s) have no LRP rule (composite "
+        f"{composite!r}): {'; '.join(f.describe() for f in findings)}; relevance crosses them "
+        "as a plain gradient, so the maps are not LRP there"
     )
 
 

@@ -7,11 +7,9 @@ import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 from zennit.canonizers import Canonizer
 from zennit.core import Composite
-from zennit.layer import Sum
 
 from ..base import (
     Heatmap,
@@ -21,33 +19,20 @@ from ..base import (
     reduce_channels,
 )
 from ..recomputation import is_checkpointed
-from .basic_rules import uses_output
-from .canonizers import (
-    ResidualSum,
-    _identity,
-    auto_canonizers,
-    translate_canonizers,
-)
+from .canonizers import FunctionalMergeBatchNorm, auto_canonizers, translate_canonizers
 from .composites import make_composite
-from .conv_relevance import ConvGeometry
 from .coverage import (
     UncoveredLayer,
     check_batchnorm_frozen,
+    functional_message,
+    functional_warning,
     uncovered_message,
     uncovered_warning,
     unsupported_layers,
 )
-from .division import StabilisedInverse, plain_epsilon
-from .gates import (
-    EpsilonConvGate,
-    GateState,
-    InputGate,
-    OutputGate,
-    PassGate,
-    RuleGate,
-    keeps_no_output,
-    rule_kind,
-)
+from .functional import FunctionalFinding, FunctionalTracer, functional_rules, probe
+from .gates import GateState, rule_kind
+from .registry import Refusal, choose_rule, gate_attacher
 from .saved_weights import WeightRecipes
 
 
@@ -97,19 +82,22 @@ class LRPHeatmap(Heatmap):
         **composite_kwargs: passed to the named composite (e.g. ``epsilon=1e-8``).
 
     What LRP covers: every layer must be mapped to a rule by the composite
-    (after the canonizers), or be a parameter-free layer whose gradient already
-    is its relevance (identity, reshapes, max-pooling, dropout, ReLU: see
+    (after the canonizers, and as changed by :mod:`heatmaps.lrp.rules`), or be
+    a parameter-free layer whose gradient already is its relevance (identity,
+    reshapes, max-pooling, dropout, ReLU: see
     :data:`heatmaps.lrp.coverage.PASS_THROUGH`). A layer with parameters of its
-    own and no rule (LayerNorm, a learned scale, ConvNeXt's layer scale) or a
-    parameter-free leaf that is not known to pass relevance (an unmapped
-    non-linearity, InstanceNorm, upsampling) would give maps that are not LRP,
-    so it is refused (``unsupported``). torchvision's ResNet, ResNeXt,
-    Wide-ResNet, VGG and AlexNet families are covered. Not detected: operations
-    a module's ``forward`` performs functionally (``x + y``, ``torch.cat``,
-    ``F.relu``, products), which no hook sees and which pass relevance as their
-    gradient; the canonizers make torchvision ResNet's residual addition a
-    module, but DenseNet's concatenations, MobileNet's residual additions or a
-    squeeze-excitation product cross as gradients.
+    own and no rule (LayerNorm, a learned scale, ConvNeXt's layer scale), a
+    refused layer (attention) or a parameter-free leaf that is not known to
+    pass relevance (InstanceNorm, upsampling, softmax) would give maps that
+    are not LRP, so it is refused (``unsupported``). Operations a module's
+    ``forward`` performs functionally (``x + y``, ``torch.cat``, ``gate * x``,
+    ``x.mean(...)``) are found by a probe forward pass on the first call
+    (:mod:`heatmaps.lrp.functional`): sums and average pools get the
+    composite's rule for them, squeeze-excitation gates the signal-take-all
+    rule, routing operations their gradient, and any other function is refused
+    by name. BatchNorm is merged into the layer whose output it reads (data
+    flow); a BatchNorm before its convolution (DenseNet) gets the epsilon rule.
+    The families covered and the formulas are in docs/concepts/lrp_rules.md.
 
     BatchNorm: the canonizers merge BatchNorm with its running statistics, so a
     call on a model with a BatchNorm layer in training mode raises a
@@ -170,6 +158,11 @@ class LRPHeatmap(Heatmap):
         self._state: GateState | None = None
         # the uncovered layers last warned about (unsupported="warn"), to warn once per change
         self._warned: list[UncoveredLayer] | None = None
+        self._warned_functional: list[FunctionalFinding] | None = None
+        # the model structure the probe forward pass last saw, and whether it found
+        # functional calls that need gates (see heatmaps.lrp.functional)
+        self._probed: tuple | None = None
+        self._needs_gates = False
         with self._canonized():
             self._check_coverage(self._rules())
 
@@ -189,12 +182,62 @@ class LRPHeatmap(Heatmap):
                 canonizer.remove()
 
     def _rules(self) -> list[tuple[str, nn.Module, object | None]]:
-        """``(name, module, rule)`` of every module of the (canonized) model, in module order."""
+        """``(name, module, rule)`` of every module of the (canonized) model, in module order.
+
+        The composite's rule, as changed by the rules registered with
+        :func:`heatmaps.lrp.registry.register_rule` (unmerged BatchNorm,
+        refused layers).
+        """
         ctx: dict = {}
+        composite = self.composite
         return [
-            (name, module, self.composite.module_map(ctx, name, module))
+            (name, module, choose_rule(module, composite.module_map(ctx, name, module), composite))
             for name, module in self.model.named_modules()
         ]
+
+    @staticmethod
+    def _covered(rules: list[tuple[str, nn.Module, object | None]]) -> set[int]:
+        """Ids of the modules whose insides the functional probe does not inspect."""
+        return {
+            id(module)
+            for _, module, rule in rules
+            if rule is not None or next(module.children(), None) is None
+        }
+
+    def _probe(self, x: Tensor) -> None:
+        """Once per model structure: find functional calls and BatchNorm data flow (one forward).
+
+        BatchNorm merges chosen by module order (:class:`FunctionalMergeBatchNorm`
+        without a name map) are replaced by the pairs the data flow shows: a
+        BatchNorm is merged only into the convolution or linear layer whose
+        output it reads. Functions without an LRP treatment are refused
+        (``unsupported``).
+        """
+        key = tuple((name, id(module)) for name, module in self.model.named_modules())
+        if key == self._probed:
+            return
+        with self._canonized():
+            rules = self._rules()
+            self._check_coverage(rules)
+            try:
+                result = probe(self.model, x, self._covered(rules), self.composite)
+            except Exception:  # the real forward pass raises it again, with the usual checks
+                return
+        if any(isinstance(c, FunctionalMergeBatchNorm) for c in self._canonizers):
+            merged = FunctionalMergeBatchNorm(result.batchnorm_pairs)
+            self._canonizers = [
+                merged if isinstance(c, FunctionalMergeBatchNorm) and c.name_map is None else c
+                for c in self._canonizers
+            ]
+        findings = result.findings
+        if findings:
+            if self.unsupported == "error":
+                raise ValueError(functional_message(findings, self.composite_name))
+            if findings != self._warned_functional:
+                self._warned_functional = findings
+                warnings.warn(functional_warning(findings, self.composite_name), stacklevel=4)
+        self._needs_gates = result.needs_gates
+        self._probed = key
 
     def _check_coverage(self, rules: list[tuple[str, nn.Module, object | None]]) -> None:
         """Raise or warn (``unsupported``) about layers LRP does not cover."""
@@ -216,6 +259,7 @@ class LRPHeatmap(Heatmap):
                 "backward pass would run without them (use checkpointing with Grad-CAM, or none)"
             )
         check_batchnorm_frozen(self.model)
+        self._probe(x)
         recipes = WeightRecipes()
         state = GateState(recipes=recipes)
         handles: list[Any] = []
@@ -224,15 +268,21 @@ class LRPHeatmap(Heatmap):
                 rules = self._rules()
                 self._check_coverage(rules)
                 for _, module, rule in rules:
-                    if rule is None:
+                    if rule is None or isinstance(rule, Refusal):
                         continue
-                    handles += _register_rule(module, rule, state)
-                    state.vectorise |= rule_kind(rule) == "basic"
+                    kind = rule_kind(rule)
+                    handles += gate_attacher(module, rule, kind)(module, rule, state)
+                    state.vectorise |= kind == "basic"
                 self._state = state
                 for canonizer in applied:
                     for merged, compute in getattr(canonizer, "merged_weights", ()):
                         recipes.remember(merged, compute)
-                with recipes.saving():
+                tracer = contextlib.nullcontext()
+                if self._needs_gates:
+                    rules_of = functional_rules(self.composite)
+                    tracer = FunctionalTracer(self.model, self._covered(rules), rules_of, state)
+                    tracer = tracer.hooked()
+                with recipes.saving(), tracer:
                     yield
             finally:
                 state.active = False
@@ -255,113 +305,6 @@ class LRPHeatmap(Heatmap):
         k, batch = relevance.shape[:2]
         maps = reduce_channels(relevance.flatten(0, 1), self.channel_reduction)
         return maps.unflatten(0, (k, batch)).transpose(0, 1)
-
-
-def _register_rule(module: nn.Module, rule: object, state: GateState) -> list[Any]:
-    """Register the forward hooks that put ``rule``'s gates around ``module``.
-
-    Two ``Pass`` cases need no gate, because the ordinary gradient already is
-    the rule: a BatchNorm merged into its linear layer computes the identity,
-    and a ReLU's gradient masks exactly the positions where its output is zero,
-    where every rule of the layers above (all multiply the relevance they pass
-    down by their non-negative input, or route it by max-pool gradients) has
-    already put zero relevance. The equality with zennit's own attributor is
-    checked in the tests on ResNet and VGG for every composite.
-    """
-    kind = rule_kind(rule)
-    if kind == "pass" and (module.__dict__.get("forward") is _identity or type(module) is nn.ReLU):
-        return []
-    if kind == "gradient":
-        return _register_gradient_rule(module, rule, state)
-    if isinstance(module, ResidualSum):
-        return _register_residual_sum(module, rule, kind, state)
-    inplace = bool(getattr(module, "inplace", False))
-    stash: list[Tensor] = []
-
-    def pre(mod: nn.Module, args: tuple) -> tuple | None:
-        x = args[0]
-        stash.append(x)
-        if inplace:
-            return (x.clone(), *args[1:])
-        return None
-
-    if kind == "pass":
-
-        def post(mod: nn.Module, args: tuple, out: Tensor) -> Tensor:
-            return PassGate.apply(stash.pop(), out, state)
-
-    else:
-        reuse = not uses_output(rule) and keeps_no_output(module)
-
-        def post(mod: nn.Module, args: tuple, out: Tensor) -> Tensor:
-            x = stash.pop()
-            return RuleGate.apply(x, out, state, rule, mod, reuse and out is not x)
-
-    return [module.register_forward_pre_hook(pre), module.register_forward_hook(post)]
-
-
-def _register_gradient_rule(module: nn.Module, rule: object, state: GateState) -> list[Any]:
-    """Gates of a modified-gradient rule (epsilon, or ``Norm`` on sums and pools).
-
-    An input gate on the gated inputs (both summands of a :class:`ResidualSum`,
-    i.e. ``R_a = a R / stab(a + b)`` and likewise for ``b``; the first argument
-    of any other layer) and an output gate on the output; on a plain
-    convolution, one :class:`EpsilonConvGate` on the output instead.
-    """
-    epsilon = plain_epsilon(rule)
-    geometry = ConvGeometry.of(module)
-    if epsilon is not None and geometry is not None:
-        return _register_epsilon_conv(module, rule, epsilon, geometry, state)
-    inplace = bool(getattr(module, "inplace", False))
-    gated = 2 if isinstance(module, ResidualSum) else 1
-
-    def pre(mod: nn.Module, args: tuple) -> tuple:
-        out = [InputGate.apply(a, state, rule) if i < gated else a for i, a in enumerate(args)]
-        if inplace:
-            out[0] = out[0].clone()
-        return tuple(out)
-
-    fresh_output = keeps_no_output(module)
-
-    def post(mod: nn.Module, args: tuple, out: Tensor) -> Tensor:
-        inverse = None if epsilon is None else StabilisedInverse.apply(out, epsilon)
-        reuse = fresh_output and all(out is not a for a in args)
-        return OutputGate.apply(out, inverse, state, rule, reuse)
-
-    return [module.register_forward_pre_hook(pre), module.register_forward_hook(post)]
-
-
-def _register_epsilon_conv(
-    module: nn.Module, rule: object, epsilon: float, geometry: ConvGeometry, state: GateState
-) -> list[Any]:
-    def post(mod: nn.Module, args: tuple, out: Tensor) -> Tensor:
-        inverse = StabilisedInverse.apply(out, epsilon)
-        return EpsilonConvGate.apply(args[0], out, inverse, mod.weight, geometry, state, rule, True)
-
-    return [module.register_forward_hook(post)]
-
-
-def _register_residual_sum(
-    module: ResidualSum, rule: object, kind: str, state: GateState
-) -> list[Any]:
-    """Gates of the residual addition ``a + b`` for a rule that is not a modified gradient.
-
-    Modified-gradient rules (``Norm``, the rule every zennit composite gives
-    sums) are gated by :func:`_register_gradient_rule`. ``Pass`` needs no gate
-    (the ordinary gradient hands ``R`` to both summands); any other rule sees
-    the stacked summands ``(..., 2)`` through zennit's ``Sum`` module, as with
-    zennit's own canonizer.
-    """
-    if kind == "pass":
-        return []
-    stacked_sum = Sum()
-    reuse = not uses_output(rule)
-
-    def post_basic(mod: nn.Module, args: tuple, out: Tensor) -> Tensor:
-        stacked = torch.stack(args, dim=-1)
-        return RuleGate.apply(stacked, out, state, rule, stacked_sum, reuse)
-
-    return [module.register_forward_hook(post_basic)]
 
 
 __all__ = ["LRPHeatmap"]
