@@ -53,6 +53,7 @@ VARIANTS: dict[str, list[str]] = {
         "bce20-unet-lr1e-4": "--explainer unet --seg-weight 20 --loss bce --lr 1e-4",
         "paper-unet-lr1e-4-long": "--explainer unet --seg-weight 0 --lr 1e-4 --epochs 9",
         "bce5-unet-lr1e-4-long": "--explainer unet --seg-weight 5 --loss bce --lr 1e-4 --epochs 9",
+        "bce20-unet-lr1e-4-long": "--explainer unet --seg-weight 20 --loss bce --lr 1e-4 --epochs 9",
     }.items()
 }
 KEYS = ("own", "other", "ratio", "absent", "continuous_iou")
