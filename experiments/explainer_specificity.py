@@ -9,6 +9,7 @@ runs are skipped, so the script can be stopped and started again.
 
     python experiments/explainer_specificity.py --seeds 0 --variants paper-small bce-unet
     python experiments/explainer_specificity.py --table        # markdown table of the file
+    python experiments/explainer_specificity.py --table --write docs/finetuning.md
 """
 
 from __future__ import annotations
@@ -102,11 +103,21 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--variants", nargs="+", choices=sorted(VARIANTS), default=list(VARIANTS))
     parser.add_argument("--table", action="store_true", help="print the table and stop")
+    parser.add_argument("--write", type=Path, help="with --table: replace the table in this page")
     args = parser.parse_args()
     rows = (
         [json.loads(line) for line in RESULTS.read_text().splitlines()] if RESULTS.exists() else []
     )
     if args.table:
+        if args.write:
+            begin, end = (
+                "<!-- explainer-specificity:begin -->",
+                "<!-- explainer-specificity:end -->",
+            )
+            page = args.write.read_text()
+            head, rest = page.split(begin)
+            page = f"{head}{begin}\n{table(rows)}\n{end}{rest.split(end)[1]}"
+            args.write.write_text(page)
         print(table(rows))
         return 0
     done = {(r["variant"], r["seed"]) for r in rows if r["status"] == "ok"}
