@@ -41,6 +41,10 @@ _LRP_MISSING = {
 }
 
 
+AUX_HEADS = ("googlenet", "inception_v3")
+AUX_PREFIXES = ("aux1.", "aux2.", "AuxLogits.")
+
+
 def classification_architectures() -> list[str]:
     """Every classification architecture torchvision lists."""
     return sorted(torchvision.models.list_models(module=torchvision.models))
@@ -98,15 +102,19 @@ def build_classifier(arch: str, num_outputs: int, weights: str | None = None) ->
     """
     if arch not in classification_architectures():
         raise ValueError(f"--arch {arch}: not a torchvision classification architecture")
+    # GoogLeNet and Inception-v3 return a named tuple with auxiliary logits in training
+    # mode; the segmenters need a tensor of logits, so their auxiliary heads are dropped
+    # (torchvision still loads pretrained weights and then removes the heads)
+    options = {"aux_logits": False, "init_weights": False} if arch in AUX_HEADS else {}
     if weights in (None, "none", "None"):
-        model = torchvision.models.get_model(arch, weights=None)
+        model = torchvision.models.get_model(arch, weights=None, **options)
     elif weights == "DEFAULT":
-        model = torchvision.models.get_model(arch, weights="DEFAULT")
+        model = torchvision.models.get_model(arch, weights="DEFAULT", **options)
     else:
         path = Path(weights)
         if not path.is_file():
             raise ValueError(f"--weights {weights}: no such file")
-        model = torchvision.models.get_model(arch, weights=None)
+        model = torchvision.models.get_model(arch, weights=None, **options)
         from .checkpoint import safe_load
 
         state = safe_load(path, f"--weights {weights}")
@@ -122,6 +130,8 @@ def build_classifier(arch: str, num_outputs: int, weights: str | None = None) ->
                 f"--weights {weights}: shapes do not match --arch {arch} for {sorted(mismatched)[:3]}"
             )
         state = {k: v for k, v in state.items() if k not in mismatched}
+        if arch in AUX_HEADS:  # a state dict saved with the auxiliary heads (dropped here)
+            state = {k: v for k, v in state.items() if not k.startswith(AUX_PREFIXES)}
         missing, unexpected = model.load_state_dict(state, strict=False)
         if unexpected or set(missing) - head_keys:
             raise ValueError(
