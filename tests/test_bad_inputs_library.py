@@ -108,6 +108,17 @@ class Scale(nn.Module):
         return x * self.w
 
 
+class MirrorDifference(nn.Module):
+    """``conv(x) - flip(x)``: a difference of two input-dependent tensors in ``forward`` code."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(4, 4, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv(x) - x.flip(-1)
+
+
 def with_layer(layer: nn.Module) -> Callable[[], nn.Module]:
     def build() -> nn.Module:
         torch.manual_seed(0)
@@ -290,6 +301,10 @@ CASES: list[Case] = [
          r"^LRPHeatmap: layer '1' \(InstanceNorm2d, is not known to pass relevance\) has no rule",
          construct_backend, model=with_layer(nn.InstanceNorm2d(4)), backends=LRP,
          fixed=True),
+    Case("lrp-unsupported-function", "LRP on a layer whose forward computes conv(x) - flip(x)",
+         ValueError,
+         r"^LRPHeatmap: function torch\.Tensor\.\w+ in '1' \(MirrorDifference\): no LRP rule",
+         call(), model=with_layer(MirrorDifference()), backends=LRP, fixed=True),
     Case("lrp-convnext", "LRP on torchvision ConvNeXt-T (LayerNorm, layer scale, GELU)",
          ValueError,
          r"^LRPHeatmap: layer 'features\.0\.1' \(LayerNorm2d, has parameters\) has no rule in "
