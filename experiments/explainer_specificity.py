@@ -55,6 +55,9 @@ VARIANTS: dict[str, list[str]] = {
         "paper-unet-lr1e-4-long": "--explainer unet --seg-weight 0 --lr 1e-4 --epochs 9",
         "bce5-unet-lr1e-4-long": "--explainer unet --seg-weight 5 --loss bce --lr 1e-4 --epochs 9",
         "bce20-unet-lr1e-4-long": "--explainer unet --seg-weight 20 --loss bce --lr 1e-4 --epochs 9",
+        # the paper's loss with the authors' VOC weights
+        "authors-unet-lr1e-4-long": "--explainer unet --seg-weight 0 --lr 1e-4 --epochs 9 "
+        "--explainer-loss entropy=3,area=0.8,present_sparsity=0.01",
     }.items()
 }
 KEYS = ("own", "other", "ratio", "absent", "continuous_iou")

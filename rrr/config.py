@@ -147,6 +147,38 @@ def option(
     return field(default=default, metadata=meta)
 
 
+def explainer_loss_options(text: str) -> dict[str, float | str]:
+    """``"entropy=3,area=0.8"`` as ``ExplainerLoss`` keyword overrides, validated.
+
+    Raises:
+        ConfigError: a malformed entry, an unknown key or a value the loss refuses.
+    """
+    from heatmaps.explainer import ExplainerLossConfig
+
+    # "pixel" is --seg-weight on the command line
+    known = [f.name for f in dataclasses.fields(ExplainerLossConfig) if f.name != "pixel"]
+    options: dict[str, float | str] = {}
+    for entry in filter(None, (part.strip() for part in text.split(","))):
+        key, sep, value = entry.partition("=")
+        if not sep or key not in known:
+            raise ConfigError(
+                f"--explainer-loss {text}: {entry!r} is not KEY=VALUE with KEY one of "
+                f"{', '.join(known)}"
+            )
+        if key == "classification_mode":
+            options[key] = value
+            continue
+        try:
+            options[key] = float(value)
+        except ValueError:
+            raise ConfigError(f"--explainer-loss {text}: {key}={value} is not a number") from None
+    try:
+        ExplainerLossConfig(**options)  # type: ignore[arg-type]
+    except ValueError as error:
+        raise ConfigError(f"--explainer-loss {text}: {error}") from None
+    return options
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """Every option of a fine-tuning run (see ``python -m rrr.finetune --help``)."""
@@ -180,6 +212,14 @@ class RunConfig:
         "deeplabv3_mobilenet_v3_large, small, or unet (a U-Net whose encoder is the --arch "
         "classifier, initialised from its pre-trained weights)",
         metavar="ARCH",
+        section="model",
+    )
+    explainer_loss: str = option(
+        "",
+        "with --method explainer: weights of the Explainer's loss as KEY=VALUE,... over the "
+        "paper's defaults, e.g. entropy=3,area=0.8,present_sparsity=0.01 (the authors' VOC "
+        "configuration); keys: the fields of heatmaps.explainer.ExplainerLossConfig",
+        metavar="K=V,...",
         section="model",
     )
     composite: str = option(
@@ -419,6 +459,8 @@ class RunConfig:
             object.__setattr__(self, "method", "explainer")
         if isinstance(self.objects, list):
             object.__setattr__(self, "objects", tuple(self.objects))
+        if self.explainer_loss:
+            explainer_loss_options(self.explainer_loss)  # a ConfigError names a bad entry
         if self.model == "heatmap" and self.method == "lrp" and not self.freeze_bn:
             raise ConfigError(
                 "--no-freeze-bn does not work with --method lrp: LRP merges each BatchNorm into "

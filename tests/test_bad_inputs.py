@@ -185,6 +185,7 @@ CASES = [
     Case("not-a-number", "finetune", "`--epochs two`", tiny("--epochs", "two"), r"--epochs: expected an integer, got 'two'"),
     Case("bad-objects", "finetune", "`--objects 3,1`", tiny("--objects", "3,1"), r"expected 1 <= MIN <= MAX"),
     Case("unknown-arch", "finetune", "`--arch resnet17`", tiny("--arch", "resnet17"), r"--arch resnet17: not a torchvision classification architecture"),
+    Case("explainer-loss-unknown-key", "finetune", "`--explainer-loss foo=1`", tiny("--model", "explainer", "--explainer", "small", "--explainer-loss", "foo=1"), r"--explainer-loss foo=1: 'foo=1' is not KEY=VALUE"),
     Case("arch-not-for-lrp", "finetune", "`--arch vit_b_16 --method lrp`", tiny("--arch", "vit_b_16"), r"--method lrp does not support --arch vit_b_16"),
     Case("misspelled-backend", "finetune", "`--method lrpp`", tiny("--method", "lrpp"), r"--method lrpp: unknown backend; available: .*lrp"),
     Case("misspelled-composite", "finetune", "`--composite epsilonn`", tiny("--composite", "epsilonn"), r"epsilonn"),

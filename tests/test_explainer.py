@@ -538,3 +538,19 @@ def test_classifier_unet_refuses_another_architecture():
         unet.initialise_from(torchvision.models.resnet18(num_classes=4))
     with pytest.raises(ValueError, match="classifier's weights"):
         build_explainer("unet", 4, backbone_weights="DEFAULT")
+
+
+def test_explainer_loss_option_overrides_the_papers_weights():
+    from rrr.config import ConfigError, RunConfig
+    from rrr.segmenters import ExplainerSegmenter
+
+    config = RunConfig(
+        model="explainer",
+        explainer="small",
+        explainer_loss="entropy=3,area=0.8,present_sparsity=0.01",
+    )
+    loss = ExplainerSegmenter.from_config(config, 4).loss.config
+    assert (loss.entropy, loss.area, loss.present_sparsity) == (3.0, 0.8, 0.01)
+    assert (loss.classification, loss.absent_sparsity) == (1.0, 0.3)  # the paper's, untouched
+    with pytest.raises(ConfigError, match="pixel"):
+        RunConfig(model="explainer", explainer_loss="pixel=2")  # that is --seg-weight

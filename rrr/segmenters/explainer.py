@@ -49,6 +49,7 @@ from heatmaps.explainer import (
 )
 
 from ..classifiers import build_classifier, check_support
+from ..config import explainer_loss_options
 from .base import NEG, Segmenter, SegmenterOutput
 from .objective import segmentation_loss
 
@@ -132,6 +133,7 @@ class ExplainerSegmenter(Segmenter):
             threshold=config.threshold,
             pixel_loss=config.loss,
             seg_weight=config.seg_weight,
+            loss=ExplainerLoss(**explainer_loss_options(config.explainer_loss)),
         )
 
     # -- stages -------------------------------------------------------------------------------
