@@ -58,7 +58,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))  # the checks reuse the tests' helpers
 from conftest import randomize_batchnorm  # noqa: E402
 from test_gradcheck import directional_check  # noqa: E402
-from test_lrp_families import _zero_shifts, normalised  # noqa: E402
+from test_lrp_families import normalised, zero_shifts  # noqa: E402
 from test_reference import relative_error, zennit_maps  # noqa: E402
 
 import heatmaps  # noqa: E402
@@ -287,7 +287,7 @@ def _zennit_error(model: nn.Module, backend: str, x: torch.Tensor, canonizer: st
 
 
 def _conservation_error(model: nn.Module, backend: str, x: torch.Tensor) -> float:
-    zeroed = _zero_shifts(copy.deepcopy(model))
+    zeroed = zero_shifts(copy.deepcopy(model))
     heatmap = make_heatmap(backend, zeroed, relevance="logit", epsilon=1e-30, stabilizer=1e-30)
     out = heatmap.explain(x, TARGET)
     total = out.maps.sum((1, 2, 3))

@@ -124,7 +124,7 @@ def test_maps_match_finite_differences_and_leave_the_model(family):
     assert error <= FD_TOLERANCE, f"{family}: relative error {error:.2e}"
 
 
-def _zero_shifts(model: nn.Module) -> nn.Module:
+def zero_shifts(model: nn.Module) -> nn.Module:
     with torch.no_grad():
         for module in model.modules():
             if getattr(module, "bias", None) is not None:
@@ -136,7 +136,7 @@ def _zero_shifts(model: nn.Module) -> nn.Module:
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_relevance_is_conserved_without_shifts(family):
-    model = _zero_shifts(build(family))
+    model = zero_shifts(build(family))
     # without shifts the logits of these deep random networks are as small as 1e-14, so
     # "tiny" must be far below that for epsilon not to absorb relevance
     heatmap = heatmaps.LRPHeatmap(

@@ -49,14 +49,7 @@ def attach_pass(module: nn.Module, rule: object, state: GateState) -> list[Any]:
     """
     if module.__dict__.get("forward") is _identity or type(module) is nn.ReLU:
         return []
-    inplace = bool(getattr(module, "inplace", False))
-    stash: list[Tensor] = []
-
-    def pre(mod: nn.Module, args: tuple) -> tuple | None:
-        stash.append(args[0])
-        if inplace:
-            return (args[0].clone(), *args[1:])
-        return None
+    stash, pre = _input_stash(module)
 
     def post(mod: nn.Module, args: tuple, out: Tensor) -> Tensor:
         return PassGate.apply(stash.pop(), out, state)
@@ -64,18 +57,29 @@ def attach_pass(module: nn.Module, rule: object, state: GateState) -> list[Any]:
     return [module.register_forward_pre_hook(pre), module.register_forward_hook(post)]
 
 
-@register_gates("basic", nn.Module)
-def attach_basic(module: nn.Module, rule: object, state: GateState) -> list[Any]:
-    """A :class:`RuleGate` that recomputes the rule's relevance from the saved input."""
+def _input_stash(module: nn.Module) -> tuple[list[Tensor], Any]:
+    """A forward pre-hook that keeps the layer's first input for its forward hook.
+
+    An in-place layer gets a copy of that input, so the kept tensor is the one
+    the layer saw, not the one it overwrote.
+    """
     inplace = bool(getattr(module, "inplace", False))
     stash: list[Tensor] = []
-    reuse = not uses_output(rule) and keeps_no_output(module)
 
     def pre(mod: nn.Module, args: tuple) -> tuple | None:
         stash.append(args[0])
         if inplace:
             return (args[0].clone(), *args[1:])
         return None
+
+    return stash, pre
+
+
+@register_gates("basic", nn.Module)
+def attach_basic(module: nn.Module, rule: object, state: GateState) -> list[Any]:
+    """A :class:`RuleGate` that recomputes the rule's relevance from the saved input."""
+    stash, pre = _input_stash(module)
+    reuse = not uses_output(rule) and keeps_no_output(module)
 
     def post(mod: nn.Module, args: tuple, out: Tensor) -> Tensor:
         x = stash.pop()
